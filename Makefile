@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine with Python 3.11+:
+#   make run   - install, register a demo model, serve it on 127.0.0.1:8000
+#   make test  - install test dependencies, lint, run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+
+.PHONY: run test lint format bench clean
+
+$(STAMP)-install: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(STAMP)-test: $(STAMP)-install
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(STAMP)-install
+	$(VENV)/bin/modelgw demo
+
+lint: $(STAMP)-test
+	$(VENV)/bin/ruff check gateway supervisor tests
+	$(VENV)/bin/ruff format --check gateway supervisor tests
+
+format: $(STAMP)-test
+	$(VENV)/bin/ruff format gateway supervisor tests
+	$(VENV)/bin/ruff check --fix gateway supervisor tests
+
+test: lint
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) gateway-data .pytest_cache .ruff_cache

@@ -1,0 +1,150 @@
+"""The `modelgw` command: `serve` runs the gateway, `demo` runs it with a demo model.
+
+Every setting is an environment variable (see settings.py); a flag given here
+overrides it. Settings are built once and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .settings import Settings
+
+logger = logging.getLogger("gateway")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env_name = alias.choices[0] if alias is not None else name.upper()  # type: ignore[union-attr]
+        default = field.default
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            metavar=env_name,
+            help=f"{field.description or ''} [env {env_name}; default {default}]",
+        )
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, name, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (it is on Linux and macOS), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve(settings: Settings, app: web.Application | None = None) -> None:
+    from .app import create_app
+
+    app = app if app is not None else create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
+        loop=new_event_loop(),
+        print=lambda msg: logger.info("%s", msg),
+    )
+
+
+def demo(settings: Settings) -> None:
+    """Register the demo model, serve, deploy it, and print how to call it."""
+    from .app import create_app
+    from .demo import DEMO_MODEL, train_and_register
+
+    logger.info("registering the demo model in %s", settings.tracking_uri)
+    model = train_and_register(settings.tracking_uri, DEMO_MODEL)
+    app = create_app(settings)
+
+    async def deploy_when_up(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_deploy_demo(settings, model.name, model.version))
+        yield
+        task.cancel()
+        await asyncio.wait({task})
+
+    app.cleanup_ctx.append(deploy_when_up)
+    serve(settings, app)
+
+
+async def _deploy_demo(settings: Settings, name: str, version: str) -> None:
+    import aiohttp
+
+    base = f"http://{settings.host}:{settings.port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"{base}/health") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        logger.info("deploying %s version %s ...", name, version)
+        async with session.post(f"{base}/deploy/{name}/{version}") as resp:
+            body = await resp.json()
+            if resp.status >= 400:
+                logger.error("demo deploy failed: %s", body)
+                return
+    key = f"{name}-{version}"
+    row = ", ".join(["13.0"] * 13)
+    print(
+        f"""
+modelgw is serving {key} at {base}. Try:
+
+  curl -s {base}/get_deployed_models
+  curl -s -X POST {base}/{key} -H 'Content-Type: application/json' \\
+       -d '{{"inputs": [[{row}]]}}'
+  curl -s {base}/model/{key}/signature
+
+Press Ctrl-C to stop the gateway and its backends.
+""",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelgw", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the gateway")
+    demo_parser = commands.add_parser("demo", help="register a demo model, serve and deploy it")
+    for p in (serve_parser, demo_parser):
+        _add_setting_flags(p)
+    args = parser.parse_args(argv)
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        parser.error(str(exc))
+    configure_logging(settings.log_level)
+    if args.command == "serve":
+        serve(settings)
+    else:
+        demo(settings)
+    return 0

@@ -1,0 +1,21 @@
+"""Typed keys of the resources the app holds (aiohttp `AppKey`s)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from supervisor.deployment import Deployment
+from supervisor.manager import Manager
+from supervisor.ports import StateStore
+
+from .registry import Registry
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+STATE_STORE = web.AppKey("state_store", StateStore)
+CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
+MANAGER = web.AppKey("manager", Manager)
+REGISTRY = web.AppKey("registry", Registry)
+# The routing table the proxy reads: the manager's own dict, looked up by exact key.
+ROUTES = web.AppKey("routes", dict[str, Deployment])

@@ -1,0 +1,158 @@
+"""The hot path: forward inference calls to a backend over the shared pool.
+
+Per request this does one dict look-up, reads the body once, and sends the
+bytes unchanged; the answer's bytes come back unchanged too (streamed when
+large). Nothing here blocks, parses JSON or awaits a store.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import hdrs, web
+
+from supervisor.deployment import Deployment, Replica
+
+from .errors import BackendTimeout, BackendUnavailable, DeploymentNotFound, ModelNotReady
+from .keys import CLIENT_SESSION, ROUTES
+
+logger = logging.getLogger(__name__)
+
+# Answers up to this size are read whole (one write back); larger ones stream.
+STREAM_THRESHOLD = 1 << 20
+STREAM_CHUNK = 1 << 16
+
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+        "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
+    )
+)  # fmt: skip
+_FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING, "X-Request-ID")
+
+
+def new_client_session(max_connections: int, backend_timeout: float) -> aiohttp.ClientSession:
+    """The one pooled session every proxied call uses."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        limit_per_host=0,
+        # Below uvicorn's 5 s keep-alive, so we drop an idle connection before the
+        # backend does and rarely race its close.
+        keepalive_timeout=4.0,
+        ttl_dns_cache=None,
+        use_dns_cache=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=backend_timeout),
+        auto_decompress=False,
+        skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING, hdrs.ACCEPT),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+def lookup(request: web.Request) -> tuple[Deployment, Replica]:
+    """The deployment named by the URL and the replica to send to, or a JSON error."""
+    key = request.match_info["key"]
+    deployment = request.app[ROUTES].get(key)
+    if deployment is None:
+        raise DeploymentNotFound(
+            f"no deployment named {key!r}; deploy it with POST /deploy/<model>/<version>"
+        )
+    replica = deployment.pick()
+    if replica is None:
+        raise ModelNotReady(
+            f"{key!r} is {deployment.status.value}: no backend is ready to serve it",
+            headers={"Retry-After": "5"},
+        )
+    return deployment, replica
+
+
+def _request_headers(request: web.Request) -> dict[str, str]:
+    incoming = request.headers
+    headers = {name: incoming[name] for name in _FORWARDED_REQUEST_HEADERS if name in incoming}
+    remote = request.remote or ""
+    previous = incoming.get(hdrs.X_FORWARDED_FOR)
+    headers[hdrs.X_FORWARDED_FOR] = f"{previous}, {remote}" if previous else remote
+    return headers
+
+
+async def forward(
+    request: web.Request, replica: Replica, method: str, url: str, body: bytes | None
+) -> web.StreamResponse:
+    """Send one call to `replica` and relay its answer; 503/504 on transport failure."""
+    session = request.app[CLIENT_SESSION]
+    headers = _request_headers(request)
+    replica.in_flight += 1
+    try:
+        for attempt in (1, 2):
+            try:
+                return await _exchange(request, session, method, url, body, headers)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection the backend closed just as we
+                # reused it: no answer was started, so one retry is safe.
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+        raise AssertionError("unreachable")
+    except aiohttp.ClientConnectorError as exc:
+        raise BackendUnavailable(
+            f"the backend on port {replica.port} refused the connection: {exc.os_error}",
+            headers={"Retry-After": "1"},
+        ) from exc
+    except TimeoutError as exc:
+        raise BackendTimeout(f"the backend on port {replica.port} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        raise BackendUnavailable(
+            f"the backend on port {replica.port} failed mid-call: {exc!r}",
+            headers={"Retry-After": "1"},
+        ) from exc
+    finally:
+        replica.in_flight -= 1
+
+
+async def _exchange(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    async with session.request(method, url, data=body, headers=headers) as upstream:
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+        length = upstream.content_length
+        if length is not None and length <= STREAM_THRESHOLD:
+            payload = await upstream.read()
+            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+        response = web.StreamResponse(status=upstream.status, headers=out_headers)
+        if length is not None:
+            response.content_length = length
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+async def invoke(request: web.Request) -> web.StreamResponse:
+    """POST /{key}, /{key}/invocations, /model/{key}: one prediction call."""
+    _, replica = lookup(request)
+    body = await request.read()
+    return await forward(request, replica, "POST", replica.invocations_url, body)
+
+
+async def backend_get(request: web.Request) -> web.StreamResponse:
+    """GET /{key}/ping|health|version: the backend's own endpoints."""
+    _, replica = lookup(request)
+    path = request.match_info["endpoint"]
+    return await forward(request, replica, "GET", f"{replica.base_url}/{path}", None)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the catch-all inference routes; call after every fixed route."""
+    app.router.add_post("/model/{key}", invoke)
+    app.router.add_get("/{key}/{endpoint:ping|health|version}", backend_get)
+    app.router.add_post("/{key}/invocations", invoke)
+    app.router.add_post("/{key}", invoke)

@@ -1,0 +1,132 @@
+"""The gateway's settings: environment variables, overridden by CLI flags, built once.
+
+Only this module reads the environment. Each field names its variable in
+`validation_alias`; the original's names (START_PORT, END_PORT) are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str) -> AliasChoices:
+    # Accept the variable name and the field name, so CLI overrides can use either.
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. `modelgw serve --help` lists them."""
+
+    model_config = SettingsConfigDict(
+        populate_by_name=True, extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    mlflow_tracking_uri: str | None = Field(None, validation_alias=_env("MLFLOW_TRACKING_URI"))
+    """MLflow tracking/registry URI. Unset: a SQLite registry in the data dir."""
+
+    host: str = Field("127.0.0.1", validation_alias=_env("GATEWAY_HOST"))
+    """Address the gateway listens on."""
+
+    port: int = Field(8000, ge=1, le=65535, validation_alias=_env("GATEWAY_PORT"))
+    """Port the gateway listens on."""
+
+    start_port: int = Field(8001, ge=1024, le=65535, validation_alias=_env("START_PORT"))
+    """First port of the backends' range (inclusive)."""
+
+    end_port: int = Field(8100, ge=1024, le=65535, validation_alias=_env("END_PORT"))
+    """Last port of the backends' range (inclusive)."""
+
+    data_dir: Path = Field(Path("./gateway-data"), validation_alias=_env("GATEWAY_DATA_DIR"))
+    """SQLite state, backend logs and model artifacts live here."""
+
+    deploy_timeout: float = Field(120.0, gt=0, validation_alias=_env("GATEWAY_DEPLOY_TIMEOUT"))
+    """Seconds a new backend has to answer /ping before the deploy fails."""
+
+    stop_timeout: float = Field(10.0, gt=0, validation_alias=_env("GATEWAY_STOP_TIMEOUT"))
+    """Seconds between SIGTERM and SIGKILL when a backend is stopped."""
+
+    health_interval: float = Field(5.0, gt=0, validation_alias=_env("GATEWAY_HEALTH_INTERVAL"))
+    """Seconds between liveness pings of each running backend."""
+
+    health_failures: int = Field(3, ge=1, validation_alias=_env("GATEWAY_HEALTH_FAILURES"))
+    """Missed pings in a row after which a hung backend is restarted."""
+
+    max_start_retries: int = Field(10, ge=0, validation_alias=_env("GATEWAY_MAX_START_RETRIES"))
+    """Failed restarts in a row after which a backend is left FATAL."""
+
+    backend_timeout: float = Field(60.0, gt=0, validation_alias=_env("GATEWAY_BACKEND_TIMEOUT"))
+    """Seconds a proxied inference call may take before the caller gets 504."""
+
+    max_connections: int = Field(512, ge=1, validation_alias=_env("GATEWAY_MAX_CONNECTIONS"))
+    """Keep-alive connections the shared client pool may hold to all backends."""
+
+    max_body_mb: float = Field(64.0, gt=0, validation_alias=_env("GATEWAY_MAX_BODY_MB"))
+    """Largest request body accepted, in MiB; larger bodies get 413."""
+
+    shutdown_timeout: float = Field(30.0, ge=0, validation_alias=_env("GATEWAY_SHUTDOWN_TIMEOUT"))
+    """Seconds in-flight requests get to finish on SIGTERM/SIGINT."""
+
+    launcher: Literal["mlflow"] = Field("mlflow", validation_alias=_env("GATEWAY_LAUNCHER"))
+    """How backends start: `mlflow models serve`, or MLflow's scoring server directly."""
+
+    backend_workers: int = Field(1, ge=1, validation_alias=_env("GATEWAY_BACKEND_WORKERS"))
+    """Server worker processes per backend (scale out with more deployments instead)."""
+
+    log_level: str = Field("INFO", validation_alias=_env("GATEWAY_LOG_LEVEL"))
+    """Python logging level of the gateway."""
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Settings:
+        if self.end_port < self.start_port:
+            raise ValueError(f"END_PORT ({self.end_port}) is below START_PORT ({self.start_port})")
+        if self.start_port <= self.port <= self.end_port:
+            raise ValueError(f"GATEWAY_PORT {self.port} lies inside the backends' port range")
+        return self
+
+    def child_environment(self) -> dict[str, str]:
+        """The environment a backend starts with: ours, plus the registry it reads.
+
+        The interpreter's bin directory goes first on PATH, so the `uvicorn` that
+        MLflow's server command names is the one installed beside this gateway.
+        """
+        env = dict(os.environ)
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+        env["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        env["MLFLOW_REGISTRY_URI"] = self.tracking_uri
+        env["MLFLOW_MODELS_WORKERS"] = str(self.backend_workers)
+        return env
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def state_db(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def backend_log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def schema_path(self) -> Path:
+        return PROJECT_ROOT / "schema.sql"
+
+    @property
+    def type_mapping_path(self) -> Path:
+        return PROJECT_ROOT / "type_mapping.json"
+
+    @property
+    def port_range(self) -> range:
+        return range(self.start_port, self.end_port + 1)

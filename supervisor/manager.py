@@ -1,0 +1,318 @@
+"""Keeps every deployment's backends alive: start, probe, restart, stop.
+
+Each replica has one owner task (`_keep_alive`) that walks the state machine in
+`states.py`. The manager's `table` is the routing table the proxy reads; it is
+replaced key by key, never mutated while a request reads a deployment's list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from .backoff import FlapDetector, backoff_delay
+from .deployment import Deployment, Replica
+from .errors import BackendStartError, NotDeployed
+from .ports import DeploymentRecord, StateStore
+from .probe import ping
+from .process import ChildProcess, Command, sweep_orphan_group
+from .states import State
+
+logger = logging.getLogger(__name__)
+
+CommandFactory = Callable[[DeploymentRecord, int], Awaitable[Command]]
+"""Builds the command that serves `record` on a port (the gateway knows how)."""
+
+EventListener = Callable[[str, Deployment, Replica], None]
+"""Called with "started", "restarted", "unhealthy", "fatal" or "stopped"."""
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """Timing and limits of supervision; built by the gateway from its settings."""
+
+    log_dir: Path
+    host: str = "127.0.0.1"
+    deploy_timeout: float = 120.0
+    stop_timeout: float = 10.0
+    drain_timeout: float = 10.0
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    health_failures: int = 3
+    max_start_retries: int = 10
+    backoff_cap: float = 30.0
+    stable_after: float = 60.0
+    ready_poll_interval: float = 0.1
+
+
+class Manager:
+    """Owns every backend process of the gateway."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        command_factory: CommandFactory,
+        config: SupervisorConfig,
+        probe_session: aiohttp.ClientSession,
+        listener: EventListener | None = None,
+    ) -> None:
+        self._store = store
+        self._command_factory = command_factory
+        self.config = config
+        self._session = probe_session
+        self._listener = listener
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.table: dict[str, Deployment] = {}
+
+    # ------------------------------------------------------------------ public
+
+    async def restore(self) -> None:
+        """Bring back every deployment recorded in SQLite (the desired state).
+
+        Returns at once: backends come up in the background and answer 503
+        `model_not_ready` until their first probe passes.
+        """
+        for record, rows in await self._store.load():
+            for _replica, port, pid in rows:
+                if pid:
+                    await asyncio.to_thread(sweep_orphan_group, pid, str(port))
+            deployment = Deployment(
+                record, [Replica(index, port, self.config.host) for index, port, _ in rows]
+            )
+            self.table[record.key] = deployment
+            for replica in deployment.replicas:
+                replica.task = asyncio.create_task(
+                    self._keep_alive(deployment, replica, first_start=None),
+                    name=f"keep-alive {record.key}#{replica.index}",
+                )
+            logger.info("restoring deployment %s on ports %s", record.key, [r[1] for r in rows])
+
+    async def deploy(self, record: DeploymentRecord, replicas: int = 1) -> tuple[Deployment, bool]:
+        """Serve `record`; returns (deployment, created). Idempotent per key.
+
+        Raises NoFreePort, or BackendStartError after cleaning up: no process
+        left running and the ports released.
+        """
+        async with self._lock(record.key):
+            existing = self.table.get(record.key)
+            if existing is not None:
+                return existing, False
+            started = time.monotonic()
+            ports = await self._store.reserve(record, replicas)
+            deployment = Deployment(
+                record, [Replica(i, port, self.config.host) for i, port in enumerate(ports)]
+            )
+            self.table[record.key] = deployment
+            loop = asyncio.get_running_loop()
+            firsts = [loop.create_future() for _ in deployment.replicas]
+            for replica, first in zip(deployment.replicas, firsts, strict=True):
+                replica.task = asyncio.create_task(
+                    self._keep_alive(deployment, replica, first_start=first),
+                    name=f"keep-alive {record.key}#{replica.index}",
+                )
+            try:
+                await asyncio.gather(*firsts)
+            except BaseException:
+                self.table.pop(record.key, None)
+                await self._stop_all(deployment)
+                await self._store.remove(record.key)
+                raise
+            logger.info(
+                "deployed %s on ports %s in %.1fs", record.key, ports, time.monotonic() - started
+            )
+            return deployment, True
+
+    async def undeploy(self, key: str) -> Deployment:
+        """Stop every backend of `key`, free its ports and forget it."""
+        async with self._lock(key):
+            deployment = self.table.pop(key, None)
+            if deployment is None:
+                raise NotDeployed(f"{key!r} is not deployed")
+            await self._drain(deployment.replicas)
+            await self._stop_all(deployment)
+            await self._store.remove(key)
+            logger.info("undeployed %s", key)
+            return deployment
+
+    async def close(self) -> None:
+        """Stop every backend but keep the desired state for the next boot."""
+        deployments = list(self.table.values())
+        self.table.clear()
+        await asyncio.gather(*(self._stop_all(d) for d in deployments))
+
+    # ---------------------------------------------------------------- internals
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _emit(self, event: str, deployment: Deployment, replica: Replica) -> None:
+        if self._listener is not None:
+            self._listener(event, deployment, replica)
+
+    async def _keep_alive(
+        self, deployment: Deployment, replica: Replica, first_start: asyncio.Future[None] | None
+    ) -> None:
+        """Owner task of one replica: start it, watch it, restart it with backoff.
+
+        With `first_start` set (a user's deploy call), the first failure is
+        reported there and the task ends; the caller cleans up.
+        """
+        failures = 0
+        flaps = FlapDetector(max_restarts=5, window_seconds=self.config.stable_after)
+        key = deployment.key
+        while True:
+            replica.transition(State.STARTING)  # STOPPED|BACKOFF|FATAL -> STARTING
+            try:
+                await self._start(deployment, replica)
+            except BackendStartError as exc:
+                replica.last_error = f"{exc}\n{exc.log_tail}".strip()
+                if first_start is not None:
+                    first_start.set_exception(exc)
+                    return
+                failures += 1
+                if failures > self.config.max_start_retries:
+                    replica.transition(State.FATAL)  # STARTING -> FATAL
+                    logger.error("%s#%d failed %d starts; giving up", key, replica.index, failures)
+                    self._emit("fatal", deployment, replica)
+                    return
+                replica.transition(State.BACKOFF)  # STARTING -> BACKOFF
+                delay = backoff_delay(failures, cap=self.config.backoff_cap)
+                logger.warning(
+                    "%s#%d failed to start (%s); retry %d in %.1fs",
+                    key,
+                    replica.index,
+                    exc,
+                    failures,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+
+            replica.transition(State.RUNNING)  # STARTING -> RUNNING
+            replica.healthy = True
+            replica.last_error = None
+            if first_start is not None:
+                first_start.set_result(None)
+                first_start = None
+                self._emit("started", deployment, replica)
+            else:
+                self._emit("restarted" if replica.restarts else "started", deployment, replica)
+            reason = await self._watch(replica)
+
+            # RUNNING -> BACKOFF: the backend died or stopped answering.
+            replica.healthy = False
+            replica.transition(State.BACKOFF)
+            replica.last_error = reason
+            uptime = time.time() - (replica.started_at or time.time())
+            failures = 1 if uptime >= self.config.stable_after else failures + 1
+            flapping = flaps.record(time.monotonic())
+            if replica.process is not None:
+                await replica.process.stop(self.config.stop_timeout)
+            replica.restarts += 1
+            self._emit("unhealthy", deployment, replica)
+            delay = (
+                self.config.backoff_cap
+                if flapping
+                else backoff_delay(failures, cap=self.config.backoff_cap)
+            )
+            logger.warning(
+                "%s#%d %s; restart %d in %.1fs%s",
+                key,
+                replica.index,
+                reason,
+                replica.restarts,
+                delay,
+                " (flapping)" if flapping else "",
+            )
+            await asyncio.sleep(delay)
+
+    async def _start(self, deployment: Deployment, replica: Replica) -> None:
+        """Spawn the backend and wait until its /ping answers, or raise."""
+        command = await self._command_factory(deployment.record, replica.port)
+        log_path = self.config.log_dir / f"{deployment.key}.{replica.index}.log"
+        replica.process = await ChildProcess.spawn(command, log_path)
+        replica.started_at = time.time()
+        await self._store.set_pid(deployment.key, replica.index, replica.process.pid)
+        try:
+            await self._wait_ready(replica)
+        except BaseException:
+            await replica.process.stop(self.config.stop_timeout)
+            raise
+
+    async def _wait_ready(self, replica: Replica) -> None:
+        process = replica.process
+        assert process is not None
+        deadline = time.monotonic() + self.config.deploy_timeout
+        url = f"{replica.base_url}/ping"
+        while True:
+            if process.returncode is not None:
+                raise BackendStartError(
+                    f"backend on port {replica.port} exited with code {process.returncode}"
+                    " before it was ready",
+                    await process.log_tail(),
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendStartError(
+                    f"backend on port {replica.port} was not ready after"
+                    f" {self.config.deploy_timeout:g}s",
+                    await process.log_tail(),
+                )
+            if await ping(self._session, url, min(self.config.health_timeout, remaining)):
+                return
+            await asyncio.sleep(min(self.config.ready_poll_interval, max(remaining, 0)))
+
+    async def _watch(self, replica: Replica) -> str:
+        """Wait until the backend exits or misses `health_failures` pings in a row."""
+        process = replica.process
+        assert process is not None
+        exited = asyncio.ensure_future(process.wait())
+        misses = 0
+        url = f"{replica.base_url}/ping"
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=self.config.health_interval)
+                if done:
+                    return f"backend exited with code {exited.result()}"
+                if await ping(self._session, url, self.config.health_timeout):
+                    misses = 0
+                    replica.healthy = True
+                    continue
+                misses += 1
+                replica.healthy = False
+                if misses >= self.config.health_failures:
+                    return f"backend missed {misses} health checks in a row"
+        finally:
+            exited.cancel()
+
+    async def _drain(self, replicas: list[Replica]) -> None:
+        """Give requests already sent to these replicas time to finish."""
+        deadline = time.monotonic() + self.config.drain_timeout
+        # Polling keeps the hot path free of any event bookkeeping per request.
+        while any(r.in_flight for r in replicas) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def _stop_all(self, deployment: Deployment) -> None:
+        await asyncio.gather(*(self._stop_replica(deployment, r) for r in deployment.replicas))
+
+    async def _stop_replica(self, deployment: Deployment, replica: Replica) -> None:
+        task = replica.task
+        if task is not None and not task.done():
+            task.cancel()
+            # asyncio.wait never raises the task's CancelledError into us, and
+            # still lets our own cancellation through.
+            await asyncio.wait({task})
+        replica.task = None
+        replica.healthy = False
+        if replica.state is not State.STOPPED:
+            replica.transition(State.STOPPING)  # any -> STOPPING
+            if replica.process is not None:
+                await replica.process.stop(self.config.stop_timeout)
+            replica.transition(State.STOPPED)  # STOPPING -> STOPPED
+        self._emit("stopped", deployment, replica)

@@ -1,0 +1,34 @@
+"""The life cycle of one backend, after supervisord's process states.
+
+STOPPED -> STARTING -> RUNNING -> (exit or failed probe) -> BACKOFF -> STARTING
+STARTING -> BACKOFF (failed start) -> ... -> FATAL after too many failures
+any -> STOPPING -> STOPPED
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class State(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    FATAL = "fatal"
+
+
+# The only allowed moves; anything else is a bug in the supervisor.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING, State.STOPPING}),
+    State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.STOPPING, State.FATAL}),
+    State.RUNNING: frozenset({State.BACKOFF, State.STOPPING}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.FATAL}),
+    State.STOPPING: frozenset({State.STOPPED}),
+    State.FATAL: frozenset({State.STARTING, State.STOPPING}),
+}
+
+
+def can_transition(current: State, new: State) -> bool:
+    return new in TRANSITIONS[current]
