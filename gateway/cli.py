@@ -81,7 +81,9 @@ def demo(settings: Settings) -> None:
     from .demo import DEMO_MODEL, train_and_register
 
     logger.info("registering the demo model in %s", settings.tracking_uri)
-    model = train_and_register(settings.tracking_uri, DEMO_MODEL)
+    model = train_and_register(
+        settings.tracking_uri, DEMO_MODEL, artifact_location=settings.data_dir / "artifacts"
+    )
     app = create_app(settings)
 
     async def deploy_when_up(app: web.Application) -> AsyncIterator[None]:

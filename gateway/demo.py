@@ -14,6 +14,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "wine-quality"
+EXPERIMENT = "modelgw-demo"
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,12 @@ class RegisteredModel:
 
 
 def train_and_register(
-    tracking_uri: str, name: str = DEMO_MODEL, *, reuse: bool = True, shift: float = 0.0
+    tracking_uri: str,
+    name: str = DEMO_MODEL,
+    *,
+    artifact_location: Path | None = None,
+    reuse: bool = True,
+    shift: float = 0.0,
 ) -> RegisteredModel:
     """Train a logistic regression on scikit-learn's wine data and register it.
 
@@ -63,7 +69,12 @@ def train_and_register(
     model.fit(x_train, y_train)
     predicted = model.predict(x_test)
 
-    mlflow.set_experiment("modelgw-demo")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        # Without an explicit location MLflow writes artifacts to ./mlruns.
+        location = str(artifact_location.resolve()) if artifact_location else None
+        client.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run() as run:
         mlflow.log_metrics(
             {

@@ -83,7 +83,7 @@ class Registry:
             page = self._client.search_model_versions(
                 f"name='{name}'", max_results=1000, page_token=token
             )
-            versions.extend(v.version for v in page)
+            versions.extend(str(v.version) for v in page)
             token = page.token
             if not token:
                 return sorted(versions, key=int)
