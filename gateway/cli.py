@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from .demo import DEMO_ROW
 from .settings import Settings
 
 logger = logging.getLogger("gateway")
@@ -116,14 +118,16 @@ async def _deploy_demo(settings: Settings, name: str, version: str) -> None:
                 logger.error("demo deploy failed: %s", body)
                 return
     key = f"{name}-{version}"
-    row = ", ".join(["13.0"] * 13)
+    row = json.dumps(
+        {"dataframe_split": {"columns": list(DEMO_ROW), "data": [list(DEMO_ROW.values())]}}
+    )
     print(
         f"""
 modelgw is serving {key} at {base}. Try:
 
   curl -s {base}/get_deployed_models
   curl -s -X POST {base}/{key} -H 'Content-Type: application/json' \\
-       -d '{{"inputs": [[{row}]]}}'
+       -d '{row}'
   curl -s {base}/model/{key}/signature
 
 Press Ctrl-C to stop the gateway and its backends.

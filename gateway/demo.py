@@ -15,6 +15,13 @@ logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "wine-quality"
 EXPERIMENT = "modelgw-demo"
+# One wine from the data set, for the curl lines `make run` prints.
+DEMO_ROW = {
+    "alcohol": 13.2, "malic_acid": 1.78, "ash": 2.14, "alcalinity_of_ash": 11.2,
+    "magnesium": 100.0, "total_phenols": 2.65, "flavanoids": 2.76,
+    "nonflavanoid_phenols": 0.26, "proanthocyanins": 1.28, "color_intensity": 4.38,
+    "hue": 1.05, "od280_od315_of_diluted_wines": 3.4, "proline": 1050.0,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,23 @@ class ChildProcess:
         except ProcessLookupError:
             pass  # the whole group is already gone
 
+    def group_exists(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     async def stop(self, timeout: float) -> int:
-        """SIGTERM the group, wait up to `timeout`, then SIGKILL the group."""
+        """SIGTERM the group, wait up to `timeout`, then SIGKILL the group.
+
+        Returns only when every member of the group is gone, so the port the
+        backend listened on is free again: the leader (e.g. the `mlflow` CLI)
+        can exit before the server it started.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
         if self.returncode is None:
             self.signal_group(signal.SIGTERM)
             try:
@@ -107,9 +122,18 @@ class ChildProcess:
                 logger.warning("pid %d ignored SIGTERM for %.1fs; killing", self.pid, timeout)
                 self.signal_group(signal.SIGKILL)
                 await self._proc.wait()
-        # Sweep any grandchild that outlived the group leader.
-        self.signal_group(signal.SIGKILL)
+        if not await self._group_gone_by(deadline):
+            self.signal_group(signal.SIGKILL)
+            await self._group_gone_by(asyncio.get_running_loop().time() + 5.0)
         return self._proc.returncode if self._proc.returncode is not None else -1
+
+    async def _group_gone_by(self, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        while self.group_exists():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def log_tail(self, max_lines: int = 25, max_bytes: int = 16384) -> str:
         return await asyncio.to_thread(read_tail, self.log_path, max_lines, max_bytes)

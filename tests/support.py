@@ -147,7 +147,7 @@ class Gateway:
         return env
 
     def start(self) -> Gateway:
-        log = open(self.data_dir.parent / f"gateway-{self.port}.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir.parent / f"gateway-{self.port}.log", "ab")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve"],
@@ -214,3 +214,12 @@ def running_gateway(gateway: Gateway) -> Iterator[Gateway]:
         yield gateway
     finally:
         gateway.stop()
+
+
+WINE_COLUMNS = [
+    "alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols",
+    "flavanoids", "nonflavanoid_phenols", "proanthocyanins", "color_intensity", "hue",
+    "od280_od315_of_diluted_wines", "proline",
+]  # fmt: skip
+WINE_VALUES = [13.0, 2.0, 2.4, 19.0, 100.0, 2.3, 2.0, 0.35, 1.6, 5.0, 1.0, 2.6, 750.0]
+ONE_ROW = {"dataframe_split": {"columns": WINE_COLUMNS, "data": [WINE_VALUES]}}
