@@ -17,7 +17,7 @@ from tests.support import Gateway
 
 
 @dataclass(frozen=True)
-class TestRegistry:
+class RegistryInfo:
     tracking_uri: str
     root: Path
     v1: RegisteredModel
@@ -25,7 +25,7 @@ class TestRegistry:
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> TestRegistry:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> RegistryInfo:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     artifacts = root / "artifacts"  # never the working tree's ./mlruns
@@ -33,11 +33,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> TestRegistry:
     v2 = train_and_register(
         uri, "wine-quality", artifact_location=artifacts, reuse=False, shift=0.5
     )
-    return TestRegistry(uri, root, v1, v2)
+    return RegistryInfo(uri, root, v1, v2)
 
 
 @pytest.fixture(scope="session")
-def gateway(registry: TestRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway with `wine-quality-1` deployed, shared by the whole session."""
     gw = Gateway(tmp_path_factory.mktemp("gw") / "data", registry.tracking_uri).start()
     try:
@@ -49,7 +49,7 @@ def gateway(registry: TestRegistry, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def local_model(registry: TestRegistry):  # type: ignore[no-untyped-def]
+def local_model(registry: RegistryInfo):  # type: ignore[no-untyped-def]
     """The same model loaded in-process, to compare predictions with."""
     import mlflow
 

@@ -1,0 +1,137 @@
+"""The manager against a fake backend script: start, crash, failed start, restore."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from supervisor.errors import BackendStartError, NotDeployed
+from supervisor.manager import Manager, SupervisorConfig
+from supervisor.ports import DeploymentRecord, StateStore
+from supervisor.process import Command
+from supervisor.states import State
+from tests.support import REPO, free_port_range, pid_alive, processes_mentioning
+
+FAKE = str(REPO / "tests" / "fake_backend.py")
+
+
+def record(key: str, mode: str = "ready") -> DeploymentRecord:
+    name, _, version = key.rpartition("-")
+    return DeploymentRecord(key=key, model_name=name, version=version, options={"mode": mode})
+
+
+async def fake_command(rec: DeploymentRecord, port: int) -> Command:
+    return Command([sys.executable, FAKE, str(port), rec.options["mode"]])
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        start, end = free_port_range(3)
+        self.port_range = range(start, end + 1)
+        self.events: list[tuple[str, str]] = []
+        self.config = SupervisorConfig(
+            log_dir=tmp_path / "logs", deploy_timeout=5, stop_timeout=2,
+            health_interval=0.2, health_timeout=0.5, health_failures=2, max_start_retries=3,
+        )  # fmt: skip
+
+    async def open(self) -> Manager:
+        self.store = await StateStore.open(
+            self.tmp_path / "state.db", REPO / "schema.sql", self.port_range
+        )
+        self.session = aiohttp.ClientSession()
+        return Manager(
+            self.store, fake_command, self.config, self.session,
+            listener=lambda event, d, r: self.events.append((event, d.key)),
+        )  # fmt: skip
+
+    async def close(self, manager: Manager) -> None:
+        await manager.close()
+        await self.session.close()
+        await self.store.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    yield Harness(tmp_path)
+
+
+async def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_deploy_crash_restart_and_undeploy(harness: Harness) -> None:
+    manager = await harness.open()
+    try:
+        deployment, created = await manager.deploy(record("m-1"))
+        assert created
+        again, created_again = await manager.deploy(record("m-1"))
+        assert again is deployment and not created_again
+        replica = deployment.replicas[0]
+        assert replica.state is State.RUNNING and replica.routable
+        first_pid = replica.process.pid
+
+        os.kill(first_pid, signal.SIGKILL)
+        await wait_for(lambda: replica.restarts == 1 and replica.routable)
+        assert replica.process.pid != first_pid
+        assert ("unhealthy", "m-1") in harness.events and ("restarted", "m-1") in harness.events
+
+        await manager.undeploy("m-1")
+        assert replica.state is State.STOPPED
+        assert not pid_alive(replica.process.pid)
+        assert await harness.store.count_free_ports() == len(harness.port_range)
+        with pytest.raises(NotDeployed):
+            await manager.undeploy("m-1")
+    finally:
+        await harness.close(manager)
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"), [("exit", "exited with code 3"), ("never-ready", "not ready after")]
+)
+async def test_failed_start_reports_output_and_leaves_nothing(
+    harness: Harness, mode: str, message: str
+) -> None:
+    harness.config = dataclasses.replace(harness.config, deploy_timeout=1.0)
+    manager = await harness.open()
+    try:
+        with pytest.raises(BackendStartError) as info:
+            await manager.deploy(record("m-1", mode))
+        assert message in str(info.value)
+        assert "fake backend starting" in info.value.log_tail
+        assert manager.table == {}
+        assert await harness.store.load() == []
+        assert await harness.store.count_free_ports() == len(harness.port_range)
+        assert not processes_mentioning(f"{FAKE} {harness.port_range.start}")
+    finally:
+        await harness.close(manager)
+
+
+async def test_close_keeps_desired_state_and_restore_brings_it_back(harness: Harness) -> None:
+    manager = await harness.open()
+    deployment, _ = await manager.deploy(record("m-1"))
+    port, pid = deployment.replicas[0].port, deployment.replicas[0].process.pid
+    await harness.close(manager)
+    assert not pid_alive(pid)
+
+    manager = await harness.open()
+    try:
+        await manager.restore()
+        restored = manager.table["m-1"]
+        assert restored.replicas[0].port == port
+        await wait_for(lambda: restored.pick() is not None)
+    finally:
+        await harness.close(manager)
