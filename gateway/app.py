@@ -1,8 +1,8 @@
 """`create_app(settings)`: the aiohttp application and the resources it owns.
 
 Resources are `cleanup_ctx` entries registered in dependency order, so aiohttp
-tears them down in reverse: backends stop before the client session closes,
-and the session closes before the state database.
+tears them down in reverse: after in-flight calls drain, backends stop, the
+client session closes, the inference log flushes, and the stores close.
 """
 
 from __future__ import annotations
@@ -16,12 +16,23 @@ from aiohttp import web
 from supervisor.manager import Manager, SupervisorConfig
 from supervisor.ports import StateStore
 
-from . import management, proxy
+from . import data_api, management, proxy
 from .errors import error_middleware
-from .keys import CLIENT_SESSION, MANAGER, REGISTRY, ROUTES, SETTINGS, STATE_STORE
+from .inference_log import InferenceLogger
+from .keys import (
+    CLIENT_SESSION,
+    INFERENCE_LOG,
+    MANAGER,
+    REGISTRY,
+    ROUTES,
+    SETTINGS,
+    STATE_STORE,
+    STORE,
+)
 from .launchers import mlflow_serve_factory
 from .registry import Registry
 from .settings import Settings
+from .store.base import Store
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +54,44 @@ async def _state_store(app: web.Application) -> AsyncIterator[None]:
     app[STATE_STORE] = store
     yield
     await store.close()
+
+
+def make_store(settings: Settings) -> Store:
+    """SQLite by default; MongoDB when MONGODB_URI is set (PyMongo imported only then)."""
+    if settings.mongodb_uri:
+        from .store.mongo import MongoStore
+
+        return MongoStore(settings.mongodb_uri, settings.mongodb_database)
+    from .store.sqlite import SQLiteStore
+
+    return SQLiteStore(settings.inference_db)
+
+
+async def _data_store(app: web.Application) -> AsyncIterator[None]:
+    store = make_store(app[SETTINGS])
+    await store.open()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _inference_log(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.log_inputs:
+        app[INFERENCE_LOG] = None
+        yield
+        return
+    log = InferenceLogger(
+        app[STORE],
+        settings.spool_dir,
+        batch_size=settings.log_batch_size,
+        flush_interval=settings.log_flush_interval,
+        max_pending=settings.log_max_pending,
+    )
+    log.start()
+    app[INFERENCE_LOG] = log
+    yield
+    await log.close()
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
@@ -81,8 +130,11 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[REGISTRY] = Registry(settings.tracking_uri)
     app.cleanup_ctx.append(_state_store)
+    app.cleanup_ctx.append(_data_store)
+    app.cleanup_ctx.append(_inference_log)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_manager)
     management.add_routes(app)
+    data_api.add_routes(app)
     proxy.add_routes(app)  # catch-all key routes last
     return app

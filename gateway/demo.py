@@ -86,9 +86,9 @@ def train_and_register(
         mlflow.log_metrics(
             {
                 "accuracy": float(accuracy_score(y_test, predicted)),
-                "f1_score": float(f1_score(y_test, predicted, average="macro")),
-                "precision": float(precision_score(y_test, predicted, average="macro")),
-                "recall": float(recall_score(y_test, predicted, average="macro")),
+                "f1_score": float(f1_score(y_test, predicted, average="weighted")),
+                "precision": float(precision_score(y_test, predicted, average="weighted")),
+                "recall": float(recall_score(y_test, predicted, average="weighted")),
             }
         )
         with tempfile.TemporaryDirectory() as tmp:

@@ -9,8 +9,10 @@ from supervisor.deployment import Deployment
 from supervisor.manager import Manager
 from supervisor.ports import StateStore
 
+from .inference_log import InferenceLogger
 from .registry import Registry
 from .settings import Settings
+from .store.base import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 STATE_STORE = web.AppKey("state_store", StateStore)
@@ -19,3 +21,6 @@ MANAGER = web.AppKey("manager", Manager)
 REGISTRY = web.AppKey("registry", Registry)
 # The routing table the proxy reads: the manager's own dict, looked up by exact key.
 ROUTES = web.AppKey("routes", dict[str, Deployment])
+STORE = web.AppKey("store", Store)
+# None when GATEWAY_LOG_INPUTS=0.
+INFERENCE_LOG = web.AppKey("inference_log", InferenceLogger | None)  # type: ignore[arg-type]

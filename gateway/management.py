@@ -12,45 +12,28 @@ from aiohttp import web
 
 from supervisor.ports import DeploymentRecord
 
+from .baselines import capture_baseline
 from .errors import BadRequest, DeploymentNotFound
-from .keys import MANAGER, REGISTRY, ROUTES, SETTINGS, STATE_STORE
+from .keys import INFERENCE_LOG, MANAGER, REGISTRY, ROUTES, SETTINGS, STATE_STORE
 from .launchers import ENV_MANAGERS
 from .names import check_model_name, check_version, deployment_key
+from .params import int_query, resolve_key, single_query
 
 logger = logging.getLogger(__name__)
 
 MAX_REPLICAS = 16
 
 
-def _single_query(request: web.Request, name: str) -> str | None:
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise BadRequest(f"query parameter {name!r} was given {len(values)} times; give it once")
-    return values[0] if values else None
-
-
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = _single_query(request, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name!r} must be an integer, not {raw!r}") from None
-    if not low <= value <= high:
-        raise BadRequest(f"query parameter {name!r} must be between {low} and {high}")
-    return value
-
-
 async def health(request: web.Request) -> web.Response:
     table = request.app[ROUTES]
-    return web.json_response(
-        {
-            "status": "ok",
-            "deployments": len(table),
-            "running": sum(1 for d in table.values() if d.pick() is not None),
-        }
-    )
+    log = request.app[INFERENCE_LOG]
+    body: dict[str, object] = {
+        "status": "ok",
+        "deployments": len(table),
+        "running": sum(1 for d in table.values() if d.pick() is not None),
+        "inference_log": None if log is None else {"pending": log.depth, **vars(log.stats)},
+    }
+    return web.json_response(body)
 
 
 async def get_model_list(request: web.Request) -> web.Response:
@@ -62,19 +45,8 @@ async def get_model_version_list(request: web.Request) -> web.Response:
     return web.json_response(await request.app[REGISTRY].list_versions(name))
 
 
-def _split_key(request: web.Request, key: str) -> tuple[str, str]:
-    """Name and version of `key`: a deployed key first, else split at the last '-'."""
-    deployment = request.app[ROUTES].get(key)
-    if deployment is not None:
-        return deployment.record.model_name, deployment.record.version
-    name, sep, version = key.rpartition("-")
-    if not sep or not name:
-        raise BadRequest(f"{key!r} is not a '<model>-<version>' key")
-    return check_model_name(name), check_version(version)
-
-
 async def get_signature(request: web.Request) -> web.Response:
-    name, version = _split_key(request, request.match_info["key"])
+    name, version = resolve_key(request, request.match_info["key"])
     return web.json_response(await request.app[REGISTRY].signature(name, version))
 
 
@@ -88,10 +60,10 @@ async def deploy(request: web.Request) -> web.Response:
     """POST /deploy/{model}/{version}: 201 when started, 200 when already deployed."""
     name = check_model_name(request.match_info["model"])
     version = check_version(request.match_info["version"])
-    env_manager = _single_query(request, "env_manager") or "local"
+    env_manager = single_query(request, "env_manager") or "local"
     if env_manager not in ENV_MANAGERS:
         raise BadRequest(f"env_manager must be one of {', '.join(ENV_MANAGERS)}")
-    replicas = _int_query(request, "replicas", 1, 1, MAX_REPLICAS)
+    replicas = int_query(request, "replicas", 1, 1, MAX_REPLICAS)
     key = deployment_key(name, version)
     manager = request.app[MANAGER]
 
@@ -103,6 +75,8 @@ async def deploy(request: web.Request) -> web.Response:
             env_manager=env_manager, created_at=time.time(),
         )  # fmt: skip
         deployment, created = await manager.deploy(record, replicas=replicas)
+        if created:
+            await capture_baseline(request.app, name, version, info.run_id)
     else:
         deployment, created = existing, False
     view = deployment.describe()

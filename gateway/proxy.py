@@ -15,7 +15,7 @@ from aiohttp import hdrs, web
 from supervisor.deployment import Deployment, Replica
 
 from .errors import BackendTimeout, BackendUnavailable, DeploymentNotFound, ModelNotReady
-from .keys import CLIENT_SESSION, ROUTES
+from .keys import CLIENT_SESSION, INFERENCE_LOG, ROUTES
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +138,22 @@ async def _exchange(
 
 async def invoke(request: web.Request) -> web.StreamResponse:
     """POST /{key}, /{key}/invocations, /model/{key}: one prediction call."""
-    _, replica = lookup(request)
+    deployment, replica = lookup(request)
     body = await request.read()
-    return await forward(request, replica, "POST", replica.invocations_url, body)
+    response = await forward(request, replica, "POST", replica.invocations_url, body)
+    log = request.app[INFERENCE_LOG]
+    if log is not None and 200 <= response.status < 300:
+        # A streamed (large) answer was never held whole: its inputs are logged alone.
+        answer = response.body if isinstance(response, web.Response) else None
+        record = deployment.record
+        log.submit(
+            record.model_name,
+            record.version,
+            request.headers.get(hdrs.CONTENT_TYPE, "application/json"),
+            body,
+            answer if isinstance(answer, bytes) else None,
+        )
+    return response
 
 
 async def backend_get(request: web.Request) -> web.StreamResponse:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -12,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from .errors import ModelNotFound, RegistryUnavailable, VersionNotFound
 
+REFERENCE_ARTIFACT = "data/dataset.csv"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 
 
@@ -47,6 +50,24 @@ class Registry:
 
     async def signature(self, name: str, version: str) -> dict[str, Any]:
         return await self._call(self._signature, name, version)
+
+    async def run_metrics(self, run_id: str) -> dict[str, float]:
+        return await self._call(self._run_metrics, run_id)
+
+    async def reference_csv(self, run_id: str) -> bytes | None:
+        """The run's training data (`data/dataset.csv`, the original's convention)."""
+        return await self._call(self._reference_csv, run_id)
+
+    def _run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self._client.get_run(run_id).data.metrics)
+
+    def _reference_csv(self, run_id: str) -> bytes | None:
+        names = {a.path for a in self._client.list_artifacts(run_id, "data")}
+        if REFERENCE_ARTIFACT not in names:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self._client.download_artifacts(run_id, REFERENCE_ARTIFACT, tmp)
+            return Path(path).read_bytes()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         try:

@@ -80,6 +80,29 @@ class Settings(BaseSettings):
     backend_workers: int = Field(1, ge=1, validation_alias=_env("GATEWAY_BACKEND_WORKERS"))
     """Server worker processes per backend (scale out with more deployments instead)."""
 
+    log_inputs: bool = Field(True, validation_alias=_env("GATEWAY_LOG_INPUTS"))
+    """Log every inference call's inputs and predictions to the store (0 turns it off)."""
+
+    mongodb_uri: str | None = Field(None, validation_alias=_env("MONGODB_URI"))
+    """Use MongoDB for the data plane instead of the embedded SQLite store."""
+
+    mongodb_database: str = Field("mlflow", validation_alias=_env("MONGODB_DATABASE"))
+    """MongoDB database of the data plane (the original's default)."""
+
+    log_batch_size: int = Field(500, ge=1, validation_alias=_env("GATEWAY_LOG_BATCH_SIZE"))
+    """Inference records written per store round trip."""
+
+    log_flush_interval: float = Field(
+        0.1, gt=0, validation_alias=_env("GATEWAY_LOG_FLUSH_INTERVAL")
+    )
+    """Seconds a partial batch waits before it is written."""
+
+    log_max_pending: int = Field(50_000, ge=1, validation_alias=_env("GATEWAY_LOG_MAX_PENDING"))
+    """Records kept in memory while the store is down; beyond, they go to the spool file."""
+
+    report_max_calls: int = Field(200_000, ge=1, validation_alias=_env("GATEWAY_REPORT_MAX_CALLS"))
+    """Most recent logged calls a degradation report reads."""
+
     log_level: str = Field("INFO", validation_alias=_env("GATEWAY_LOG_LEVEL"))
     """Python logging level of the gateway."""
 
@@ -118,6 +141,14 @@ class Settings(BaseSettings):
     @property
     def backend_log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def inference_db(self) -> Path:
+        return self.data_dir / "inference.db"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
 
     @property
     def schema_path(self) -> Path:

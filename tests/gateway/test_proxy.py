@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import proxy
 from gateway.errors import error_middleware
-from gateway.keys import CLIENT_SESSION, ROUTES
+from gateway.keys import CLIENT_SESSION, INFERENCE_LOG, ROUTES
 from supervisor.deployment import Deployment, Replica
 from supervisor.ports import DeploymentRecord
 from supervisor.states import State
@@ -84,6 +84,7 @@ async def make_gateway() -> GatewayFactory:
     async def make(table: dict[str, Deployment], read_timeout: float = 30.0) -> TestClient:
         app = web.Application(middlewares=[error_middleware])
         app[ROUTES] = table
+        app[INFERENCE_LOG] = None
 
         async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
             app[CLIENT_SESSION] = proxy.new_client_session(8, read_timeout)

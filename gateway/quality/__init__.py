@@ -1,0 +1,1 @@
+"""Model quality: metrics from ground truth, drift of inputs, degradation reports."""

@@ -1,0 +1,333 @@
+"""The degradation report: input drift and metric decline, as a zip a person can read.
+
+`build_report` is pure and CPU-bound (pandas, SciPy, matplotlib): the API runs
+it in a worker thread so inference latency does not move while it builds.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from ..dataset import record_rows
+from ..store.base import Baseline, InferenceRecord, MetricsSnapshot
+from . import drift
+from .metrics import higher_is_better
+
+DEFAULT_TOLERANCE = 0.05
+MAX_PLOTTED_FEATURES = 30
+METRIC_COLUMNS = ["snapshot", "timestamp", "metric", "baseline", "value", "relative_change",
+                  "degraded"]  # fmt: skip
+DRIFT_COLUMNS = ["window", "feature", "kind", "n_reference", "n_current", "psi", "ks_statistic",
+                 "ks_pvalue", "chi2_pvalue", "drifted", "note"]  # fmt: skip
+
+
+@dataclass
+class ReportInput:
+    key: str
+    reference_csv: bytes | None
+    records: Sequence[InferenceRecord]
+    baseline: Baseline | None
+    snapshots: Sequence[MetricsSnapshot]
+    now: float
+    tolerance: float = DEFAULT_TOLERANCE
+    records_capped: bool = False
+
+
+def _current_frame(records: Sequence[InferenceRecord]) -> pd.DataFrame:
+    rows = []
+    for record in records:
+        for row in record_rows(record):
+            row["_ts"] = record.ts
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metric_rows(
+    baseline: Baseline | None, snapshots: Sequence[MetricsSnapshot], tolerance: float
+) -> list[dict[str, Any]]:
+    """Baseline vs each snapshot: relative change and a `degraded` flag per metric."""
+    if baseline is None:
+        return []
+    rows = []
+    for snap in snapshots:
+        for name, value in snap.metrics.items():
+            base = baseline.metrics.get(name)
+            if base is None:
+                continue
+            change = (value - base) / abs(base) if base else None
+            better = higher_is_better(name)
+            degraded = None
+            if change is not None and better is not None:
+                degraded = change < -tolerance if better else change > tolerance
+            rows.append({
+                "snapshot": snap.name,
+                "timestamp": datetime.fromtimestamp(snap.ts, UTC).isoformat(),
+                "metric": name, "baseline": base, "value": value,
+                "relative_change": change, "higher_is_better": better, "degraded": degraded,
+            })  # fmt: skip
+    return rows
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _feature_plot(feature: str, reference: pd.Series, current: pd.Series, numeric: bool) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 2.8))
+    ax = fig.add_subplot()
+    if numeric:
+        ref = pd.to_numeric(reference, errors="coerce").dropna()
+        cur = pd.to_numeric(current, errors="coerce").dropna()
+        bins = 20
+        ax.hist(ref, bins=bins, alpha=0.55, density=True, label=f"reference (n={len(ref)})")
+        if len(cur):
+            ax.hist(cur, bins=bins, alpha=0.55, density=True, label=f"recent (n={len(cur)})")
+    else:
+        ref_share = reference.astype(str).value_counts(normalize=True)
+        cur_share = current.astype(str).value_counts(normalize=True)
+        table = pd.DataFrame({"reference": ref_share, "recent": cur_share}).fillna(0).head(20)
+        table.plot.bar(ax=ax)
+    ax.set_title(feature, fontsize=10)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _metrics_plot(rows: list[dict[str, Any]]) -> bytes | None:
+    if not rows:
+        return None
+    from matplotlib.figure import Figure
+
+    frame = pd.DataFrame(rows)
+    fig = Figure(figsize=(6.5, 3.2))
+    ax = fig.add_subplot()
+    for i, (name, group) in enumerate(frame.groupby("metric")):
+        color = f"C{i % 10}"
+        ax.plot(
+            pd.to_datetime(group["timestamp"], format="ISO8601"),
+            group["value"],
+            "o-",
+            color=color,
+            label=name,
+        )
+        ax.axhline(group["baseline"].iloc[0], color=color, linestyle="--", linewidth=0.8)
+    ax.set_title("metrics from feedback (dashed: baseline)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
+    """(zip bytes, summary) for one model version."""
+    missing: list[str] = []
+    reference = pd.read_csv(io.BytesIO(inp.reference_csv)) if inp.reference_csv else pd.DataFrame()
+    if reference.empty:
+        missing.append("reference data: log data/dataset.csv in the MLflow run or "
+                       "PUT /model/{key}/reference with a CSV body")  # fmt: skip
+    current = _current_frame(inp.records)
+    if current.empty:
+        missing.append("logged inputs: no inference calls were logged for this model yet")
+    drift_rows: list[dict[str, Any]] = []
+    if not reference.empty and not current.empty:
+        drift_rows = [d.as_dict() for d in drift.drift_table(reference, current, inp.now)]
+        if not drift_rows:
+            missing.append(
+                "shared features: the reference and the logged inputs have no column in common"
+            )
+    metrics = metric_rows(inp.baseline, inp.snapshots, inp.tolerance)
+    if inp.baseline is None:
+        missing.append("baseline metrics: the MLflow run logged none")
+    if not inp.snapshots:
+        missing.append("feedback: POST /model/{key}/set_new_metrics with ground truth")
+
+    drifted: dict[str, list[str]] = {}
+    for row in drift_rows:
+        if row["drifted"]:
+            drifted.setdefault(row["window"], []).append(row["feature"])
+    latest = inp.snapshots[-1].name if inp.snapshots else None
+    degraded = sorted({r["metric"] for r in metrics if r["degraded"] and r["snapshot"] == latest})
+    status = "ok"
+    if drifted and degraded:
+        status = "drift_and_degradation"
+    elif drifted:
+        status = "drift"
+    elif degraded:
+        status = "degradation"
+    elif not drift_rows and not metrics:
+        status = "insufficient_data"
+    generated = datetime.fromtimestamp(inp.now, UTC)
+    summary: dict[str, Any] = {
+        "key": inp.key,
+        "generated_at": generated.isoformat(),
+        "status": status,
+        "thresholds": {
+            "psi": drift.PSI_THRESHOLD,
+            "ks_pvalue": drift.P_VALUE_THRESHOLD,
+            "chi2_pvalue": drift.P_VALUE_THRESHOLD,
+            "min_samples": drift.MIN_SAMPLES,
+            "metric_relative_tolerance": inp.tolerance,
+        },
+        "windows": {k: (v / drift.DAY if v else None) for k, v in drift.WINDOWS.items()},
+        "data": {
+            "reference_rows": len(reference),
+            "logged_rows": len(current),
+            "logged_calls": len(inp.records),
+            "logged_calls_capped": inp.records_capped,
+            "snapshots": len(inp.snapshots),
+        },
+        "drifted_features": drifted,
+        "degraded_metrics": degraded,
+        "latest_snapshot": latest,
+        "baseline": inp.baseline.metrics if inp.baseline else None,
+        "missing": missing,
+    }
+
+    plots: dict[str, bytes] = {}
+    if not reference.empty and not current.empty:
+        recent = current[current["_ts"] >= inp.now - drift.WINDOWS["last_month"]]
+        if recent.empty:
+            recent = current
+        for feature in drift.features_of(reference, current)[:MAX_PLOTTED_FEATURES]:
+            numeric = drift.is_numeric(reference[feature].dropna())
+            plots[f"plots/feature_{_safe(feature)}.png"] = _feature_plot(
+                feature, reference[feature], recent[feature], numeric
+            )
+    metrics_png = _metrics_plot(metrics)
+    if metrics_png:
+        plots["plots/metrics.png"] = metrics_png
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("summary.json", json.dumps(summary, indent=2))
+        zf.writestr("drift.json", json.dumps(drift_rows, indent=2))
+        zf.writestr("drift.csv", _csv(drift_rows))
+        zf.writestr("metrics.csv", _csv(metrics))
+        for name, data in plots.items():
+            zf.writestr(name, data)
+        zf.writestr("report.html", _html(summary, drift_rows, metrics, plots))
+    return buffer.getvalue(), summary
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))[:80]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], flag: str) -> str:
+    if not rows:
+        return "<p><em>Nothing to show.</em></p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        f"<tr class='{'bad' if r.get(flag) else ''}'>"
+        + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns)
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{encoded}'>"
+
+
+def _html(
+    summary: dict[str, Any],
+    drift_rows: list[dict[str, Any]],
+    metrics: list[dict[str, Any]],
+    plots: dict[str, bytes],
+) -> str:
+    t = summary["thresholds"]
+    verdict = {
+        "ok": "No drift and no metric decline found.",
+        "drift": "Inputs have drifted from the reference data.",
+        "degradation": "Metrics have fallen below the baseline.",
+        "drift_and_degradation": "Inputs have drifted and metrics have fallen.",
+        "insufficient_data": "Not enough data to judge yet.",
+    }[summary["status"]]
+    drifted = (
+        "".join(
+            f"<li><b>{html.escape(w)}</b>: {html.escape(', '.join(f))}</li>"
+            for w, f in summary["drifted_features"].items()
+        )
+        or "<li>none</li>"
+    )
+    missing = "".join(f"<li>{html.escape(m)}</li>" for m in summary["missing"])
+    degraded = html.escape(", ".join(summary["degraded_metrics"]) or "none")
+    feature_imgs = "".join(
+        _img(data, name) for name, data in plots.items() if name.startswith("plots/feature_")
+    )
+    metrics_img = (
+        _img(plots["plots/metrics.png"], "metrics") if "plots/metrics.png" in plots else ""
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Degradation report: {html.escape(summary["key"])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+.verdict {{ font-size: 1.3em; padding: .6em 1em; border-radius: 6px;
+  background: {"#e7f6ea" if summary["status"] == "ok" else "#fdecea"}; }}
+table {{ border-collapse: collapse; font-size: .85em; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: .25em .5em; text-align: right; }}
+tr.bad td {{ background: #fdecea; }}
+img {{ margin: .3em; border: 1px solid #eee; }}
+</style></head><body>
+<h1>Degradation report: {html.escape(summary["key"])}</h1>
+<p>Generated {html.escape(summary["generated_at"])}.</p>
+<p class="verdict"><b>{html.escape(summary["status"])}</b>: {verdict}</p>
+<h2>Summary</h2>
+<ul>
+<li>Reference rows: {summary["data"]["reference_rows"]}; logged rows:
+ {summary["data"]["logged_rows"]} from {summary["data"]["logged_calls"]} calls;
+ feedback snapshots: {summary["data"]["snapshots"]}.</li>
+<li>Degraded metrics (latest snapshot): {degraded}</li>
+<li>Drifted features by window:<ul>{drifted}</ul></li>
+</ul>
+{f"<h3>Missing</h3><ul>{missing}</ul>" if missing else ""}
+<p><small>A feature has drifted when PSI &ge; {t["psi"]} or the two-sample
+Kolmogorov-Smirnov p-value &lt; {t["ks_pvalue"]} (numeric), or the chi-squared p-value
+&lt; {t["chi2_pvalue"]} (categorical); windows with fewer than {t["min_samples"]} samples are
+not tested. A metric has degraded when it is worse than its baseline by more than
+{t["metric_relative_tolerance"]:.0%} (relative).</small></p>
+<h2>Metric history against the baseline</h2>
+{metrics_img}
+{_table(metrics, METRIC_COLUMNS, "degraded")}
+<h2>Feature distributions: reference vs last month</h2>
+{feature_imgs or "<p><em>No plots: reference data or logged inputs are missing.</em></p>"}
+<h2>Drift by feature and window</h2>
+{_table(drift_rows, DRIFT_COLUMNS, "drifted")}
+</body></html>
+"""

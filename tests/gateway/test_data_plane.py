@@ -1,0 +1,291 @@
+"""The data plane end to end: logging, dataset export, feedback metrics, reports, outages."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn import metrics as skm
+from sklearn.datasets import load_wine
+
+from tests.conftest import RegistryInfo
+from tests.support import Gateway, wait_until
+
+V1, V2 = "wine-quality-1", "wine-quality-2"
+
+
+@pytest.fixture(scope="module")
+def gw(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway of its own, so the logged data is exactly what these tests send."""
+    gateway = Gateway(
+        tmp_path_factory.mktemp("data-plane") / "data",
+        registry.tracking_uri,
+        # A small in-memory bound makes an outage spill to the spool file.
+        extra_env={"GATEWAY_LOG_MAX_PENDING": "5", "GATEWAY_LOG_FLUSH_INTERVAL": "0.05"},
+    ).start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda v: gateway.post(f"/deploy/wine-quality/{v}"), (1, 2)))
+        assert [r.status for r in replies] == [201, 201], [r.body for r in replies]
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def wine() -> pd.DataFrame:
+    return load_wine(as_frame=True).data.rename(columns=lambda c: c.replace("/", "_"))
+
+
+def _logged_rows(gw: Gateway, key: str) -> int:
+    reply = gw.get(f"/model/{key}/dataset?format=jsonl")
+    return len(reply.body.splitlines())
+
+
+def _dataset(gw: Gateway, key: str, query: str = "") -> pd.DataFrame:
+    reply = gw.get(f"/model/{key}/dataset{query}")
+    assert reply.status == 200, reply.body
+    return pd.read_csv(io.BytesIO(reply.body)) if reply.body else pd.DataFrame()
+
+
+def test_every_input_format_is_logged_and_exported(gw: Gateway, wine: pd.DataFrame) -> None:
+    local = mlflow.pyfunc.load_model("models:/wine-quality/1")
+    batches = [wine.iloc[i * 5 : i * 5 + 5].reset_index(drop=True) for i in range(5)]
+    bodies: list[tuple[str, bytes]] = [
+        ("application/json", json.dumps({"dataframe_split": json.loads(batches[0].to_json(orient="split"))}).encode()),
+        ("application/json", json.dumps({"dataframe_records": batches[1].to_dict(orient="records")}).encode()),
+        ("application/json", json.dumps({"instances": batches[2].to_dict(orient="records")}).encode()),
+        ("application/json", json.dumps({"inputs": batches[3].to_dict(orient="list")}).encode()),
+        ("text/csv", batches[4].to_csv(index=False).encode()),
+    ]  # fmt: skip
+    for content_type, body in bodies:
+        reply = gw.post(f"/{V1}", body=body, headers={"Content-Type": content_type})
+        assert reply.status == 200, reply.body
+    wait_until(lambda: _logged_rows(gw, V1) >= 25, 20, what="25 logged rows")
+
+    reply = gw.get(f"/model/{V1}/dataset")
+    assert reply.headers["content-type"].startswith("text/csv")
+    assert reply.headers["content-disposition"] == f'attachment; filename="{V1}-dataset.csv"'
+    exported = pd.read_csv(io.BytesIO(reply.body))
+    assert len(exported) == 25
+    expected = pd.concat(batches, ignore_index=True)
+    features = list(wine.columns)
+    assert list(exported.columns) == [*features, "prediction", "timestamp"]
+    np.testing.assert_allclose(exported[features].to_numpy(), expected.to_numpy())
+    np.testing.assert_array_equal(exported["prediction"], local.predict(expected))
+    assert pd.to_datetime(exported["timestamp"]).notna().all()
+
+    lines = gw.get(f"/model/{V1}/dataset?format=jsonl").body.splitlines()
+    assert len(lines) == 25 and json.loads(lines[0])["alcohol"] == expected["alcohol"][0]
+
+
+def test_dataset_date_filters(gw: Gateway) -> None:
+    assert len(_dataset(gw, V1, "?start_date=2000-01-01&end_date=2000-01-31")) == 0
+    assert len(_dataset(gw, V1, "?start_date=2000-01-01")) == _logged_rows(gw, V1)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?start_date=yesterday", "?end_date=2024-13-01", "?start_date=2024-02-02&end_date=2024-02-01",
+     "?format=xml", "?start_date=2024-01-01&start_date=2024-01-02"],
+)  # fmt: skip
+def test_dataset_bad_queries_are_400(gw: Gateway, query: str) -> None:
+    reply = gw.get(f"/model/{V1}/dataset{query}")
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"] == "bad_request"
+
+
+def test_baseline_comes_from_the_run(gw: Gateway, registry: RegistryInfo) -> None:
+    reply = gw.get(f"/model/{V1}/metrics")
+    assert reply.status == 200, reply.body
+    client = MlflowClient(registry.tracking_uri)
+    assert reply.json()["metrics"] == client.get_run(registry.v1.run_id).data.metrics
+
+
+def _test_split(wine: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    target = load_wine(as_frame=True).target
+    rows = wine.sample(40, random_state=3)
+    return rows, target.loc[rows.index].to_numpy()
+
+
+def test_set_new_metrics_equals_scikit_learn(gw: Gateway, wine: pd.DataFrame) -> None:
+    rows, truth = _test_split(wine)
+    # Flip some labels so the snapshot differs from a perfect score.
+    truth = truth.copy()
+    truth[:6] = (truth[:6] + 1) % 3
+    reply = gw.post(
+        f"/model/{V1}/set_new_metrics",
+        json_body={"instances": rows.to_dict(orient="records"), "results": truth.tolist(),
+                   "timestamp": "2026-01-02T03:04:05Z"},
+    )  # fmt: skip
+    assert reply.status == 201, reply.body
+    snapshot = reply.json()
+    predicted = mlflow.pyfunc.load_model("models:/wine-quality/1").predict(rows)
+    assert snapshot["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted))
+    for name, fn in (("f1_score", skm.f1_score), ("precision", skm.precision_score),
+                     ("recall", skm.recall_score)):  # fmt: skip
+        expected = fn(truth, predicted, average="weighted", zero_division=0)
+        assert snapshot["metrics"][name] == pytest.approx(expected), name
+    assert snapshot["n_samples"] == 40
+    assert snapshot["timestamp"].startswith("2026-01-02T03:04:05")
+
+    files = gw.get(f"/model/{V1}/new_metrics_file_name").json()["files"]
+    assert snapshot["name"] in files
+    stored = gw.get(f"/model/{V1}/new_metrics/{snapshot['name']}")
+    assert stored.status == 200 and stored.json()["metrics"] == snapshot["metrics"]
+    history = gw.get(f"/model/{V1}/metrics/history").json()
+    assert [s["name"] for s in history["snapshots"]] == files
+    assert history["baseline"] == gw.get(f"/model/{V1}/metrics").json()["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "needle"),
+    [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b"[1, 2]", "application/json", 400, "JSON object"),
+        (b"a,b\n1,2", "text/csv", 415, "application/json"),
+        (json.dumps({"instances": [[1.0] * 13]}).encode(), "application/json", 400, "results"),
+        (json.dumps({"results": [1]}).encode(), "application/json", 400, "inputs"),
+        (json.dumps({"dataframe_records": [{"alcohol": 1}], "results": [1, 2]}).encode(),
+         "application/json", 400, "rejected"),
+    ],
+)  # fmt: skip
+def test_set_new_metrics_mistakes(
+    gw: Gateway, body: bytes, content_type: str, status: int, needle: str
+) -> None:
+    reply = gw.post(
+        f"/model/{V1}/set_new_metrics", body=body, headers={"Content-Type": content_type}
+    )
+    assert reply.status == status, reply.body
+    assert needle in reply.json()["detail"]
+
+
+def test_length_mismatch_is_400(gw: Gateway, wine: pd.DataFrame) -> None:
+    rows, truth = _test_split(wine)
+    reply = gw.post(
+        f"/model/{V1}/set_new_metrics",
+        json_body={
+            "dataframe_records": rows.to_dict(orient="records"),
+            "results": truth[:-1].tolist(),
+        },
+    )
+    assert reply.status == 400
+    assert "one ground-truth value per input row" in reply.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [("..%2F..%2Fstate.db", 400), ("metrics-20990101T000000000000Z.json", 404), ("x.json", 400)],
+)
+def test_new_metrics_names_are_validated(gw: Gateway, name: str, status: int) -> None:
+    assert gw.get(f"/model/{V1}/new_metrics/{name}").status == status
+
+
+def _report(gw: Gateway, key: str) -> tuple[dict[str, Any], zipfile.ZipFile]:
+    summary = gw.get(f"/model/{key}/degradation_report?format=json")
+    assert summary.status == 200, summary.body
+    archive = gw.get(f"/model/{key}/degradation_report")
+    assert archive.status == 200
+    assert archive.headers["content-type"] == "application/zip"
+    assert "degradation-report-" in archive.headers["content-disposition"]
+    return summary.json(), zipfile.ZipFile(io.BytesIO(archive.body))
+
+
+def test_report_flags_the_shifted_features_and_only_those(
+    gw: Gateway, registry: RegistryInfo
+) -> None:
+    # Send v2 exactly its own training data, with two features moved far away.
+    client = MlflowClient(registry.tracking_uri)
+    path = client.download_artifacts(registry.v2.run_id, "data/dataset.csv", str(registry.root))
+    reference = pd.read_csv(path).drop(columns=["target"])
+    shifted = reference.copy()
+    shifted["alcohol"] += 5.0
+    shifted["proline"] *= 3.0
+    for start in range(0, len(shifted), 25):
+        chunk = shifted.iloc[start : start + 25]
+        reply = gw.post(
+            f"/{V2}", json_body={"dataframe_split": json.loads(chunk.to_json(orient="split"))}
+        )
+        assert reply.status == 200, reply.body
+    wait_until(lambda: _logged_rows(gw, V2) >= len(shifted), 20, what="the shifted rows")
+
+    summary, archive = _report(gw, V2)
+    assert summary["status"] in ("drift", "drift_and_degradation")
+    for window in ("last_week", "last_month", "last_year", "all_time"):
+        assert sorted(summary["drifted_features"][window]) == ["alcohol", "proline"], window
+    names = set(archive.namelist())
+    assert {"report.html", "drift.json", "drift.csv", "metrics.csv", "summary.json"} <= names
+    assert "plots/feature_alcohol.png" in names
+    drift_rows = json.loads(archive.read("drift.json"))
+    alcohol = next(r for r in drift_rows if r["feature"] == "alcohol" and r["window"] == "all_time")
+    assert alcohol["psi"] >= 0.2 and alcohol["ks_pvalue"] < 0.05
+    page = archive.read("report.html").decode()
+    assert page.index("Summary") < page.index("Drift by feature")
+    assert "PSI &ge; 0.2" in page
+
+
+def test_report_with_feedback_shows_metric_decline(gw: Gateway, wine: pd.DataFrame) -> None:
+    rows, truth = _test_split(wine)
+    wrong = (truth + 1) % 3  # every answer is now wrong
+    reply = gw.post(f"/model/{V1}/set_new_metrics",
+                    json_body={"instances": rows.to_dict(orient="records"), "results": wrong.tolist()})  # fmt: skip
+    assert reply.status == 201
+    summary, archive = _report(gw, V1)
+    assert "accuracy" in summary["degraded_metrics"]
+    metrics_csv = pd.read_csv(io.BytesIO(archive.read("metrics.csv")))
+    latest = metrics_csv[(metrics_csv["snapshot"] == summary["latest_snapshot"])]
+    assert latest.set_index("metric").loc["accuracy", "degraded"]
+
+
+def test_report_without_data_says_what_is_missing(gw: Gateway) -> None:
+    summary = gw.get("/model/other-model-1/degradation_report?format=json").json()
+    assert summary["status"] == "insufficient_data"
+    assert any("reference data" in m for m in summary["missing"])
+    assert any("logged inputs" in m for m in summary["missing"])
+
+
+def test_reference_upload(gw: Gateway, wine: pd.DataFrame) -> None:
+    reply = gw.request("PUT", "/model/custom-1/reference", body=wine.head(30).to_csv(index=False).encode(),
+                       headers={"Content-Type": "text/csv"})  # fmt: skip
+    assert reply.status == 200, reply.body
+    assert reply.json()["rows"] == 30
+    bad = gw.request(
+        "PUT", "/model/custom-1/reference", body=b"", headers={"Content-Type": "text/csv"}
+    )
+    assert bad.status == 400
+
+
+def test_a_locked_store_loses_nothing(gw: Gateway, wine: pd.DataFrame) -> None:
+    before = _logged_rows(gw, V1)
+    lock = sqlite3.connect(Path(gw.data_dir) / "inference.db", timeout=30)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        for i in range(30):
+            row = wine.iloc[[i]]
+            reply = gw.post(
+                f"/{V1}", json_body={"dataframe_split": json.loads(row.to_json(orient="split"))}
+            )
+            assert reply.status == 200, reply.body
+        wait_until(lambda: not gw.get("/health").json()["inference_log"]["store_up"], 10,
+                   what="the writer to notice the outage")  # fmt: skip
+        stats = gw.get("/health").json()["inference_log"]
+        assert stats["retried"] > 0
+        wait_until(lambda: gw.get("/health").json()["inference_log"]["spooled"] > 0, 10,
+                   what="records to spill to the spool file")  # fmt: skip
+    finally:
+        lock.rollback()
+        lock.close()
+    wait_until(lambda: _logged_rows(gw, V1) == before + 30, 30, what="every record to arrive")
+    stats = gw.get("/health").json()["inference_log"]
+    assert stats["store_up"] and stats["lost"] == 0 and stats["replayed"] > 0
