@@ -63,12 +63,23 @@ def test_every_input_format_is_logged_and_exported(gw: Gateway, wine: pd.DataFra
     local = mlflow.pyfunc.load_model("models:/wine-quality/1")
     batches = [wine.iloc[i * 5 : i * 5 + 5].reset_index(drop=True) for i in range(5)]
     bodies: list[tuple[str, bytes]] = [
-        ("application/json", json.dumps({"dataframe_split": json.loads(batches[0].to_json(orient="split"))}).encode()),
-        ("application/json", json.dumps({"dataframe_records": batches[1].to_dict(orient="records")}).encode()),
-        ("application/json", json.dumps({"instances": batches[2].to_dict(orient="records")}).encode()),
+        (
+            "application/json",
+            json.dumps(
+                {"dataframe_split": json.loads(batches[0].to_json(orient="split"))}
+            ).encode(),
+        ),
+        (
+            "application/json",
+            json.dumps({"dataframe_records": batches[1].to_dict(orient="records")}).encode(),
+        ),
+        (
+            "application/json",
+            json.dumps({"instances": batches[2].to_dict(orient="records")}).encode(),
+        ),
         ("application/json", json.dumps({"inputs": batches[3].to_dict(orient="list")}).encode()),
         ("text/csv", batches[4].to_csv(index=False).encode()),
-    ]  # fmt: skip
+    ]
     for content_type, body in bodies:
         reply = gw.post(f"/{V1}", body=body, headers={"Content-Type": content_type})
         assert reply.status == 200, reply.body
@@ -97,9 +108,14 @@ def test_dataset_date_filters(gw: Gateway) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["?start_date=yesterday", "?end_date=2024-13-01", "?start_date=2024-02-02&end_date=2024-02-01",
-     "?format=xml", "?start_date=2024-01-01&start_date=2024-01-02"],
-)  # fmt: skip
+    [
+        "?start_date=yesterday",
+        "?end_date=2024-13-01",
+        "?start_date=2024-02-02&end_date=2024-02-01",
+        "?format=xml",
+        "?start_date=2024-01-01&start_date=2024-01-02",
+    ],
+)
 def test_dataset_bad_queries_are_400(gw: Gateway, query: str) -> None:
     reply = gw.get(f"/model/{V1}/dataset{query}")
     assert reply.status == 400, reply.body
@@ -126,15 +142,21 @@ def test_set_new_metrics_equals_scikit_learn(gw: Gateway, wine: pd.DataFrame) ->
     truth[:6] = (truth[:6] + 1) % 3
     reply = gw.post(
         f"/model/{V1}/set_new_metrics",
-        json_body={"instances": rows.to_dict(orient="records"), "results": truth.tolist(),
-                   "timestamp": "2026-01-02T03:04:05Z"},
-    )  # fmt: skip
+        json_body={
+            "instances": rows.to_dict(orient="records"),
+            "results": truth.tolist(),
+            "timestamp": "2026-01-02T03:04:05Z",
+        },
+    )
     assert reply.status == 201, reply.body
     snapshot = reply.json()
     predicted = mlflow.pyfunc.load_model("models:/wine-quality/1").predict(rows)
     assert snapshot["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted))
-    for name, fn in (("f1_score", skm.f1_score), ("precision", skm.precision_score),
-                     ("recall", skm.recall_score)):  # fmt: skip
+    for name, fn in (
+        ("f1_score", skm.f1_score),
+        ("precision", skm.precision_score),
+        ("recall", skm.recall_score),
+    ):
         expected = fn(truth, predicted, average="weighted", zero_division=0)
         assert snapshot["metrics"][name] == pytest.approx(expected), name
     assert snapshot["n_samples"] == 40
@@ -157,10 +179,14 @@ def test_set_new_metrics_equals_scikit_learn(gw: Gateway, wine: pd.DataFrame) ->
         (b"a,b\n1,2", "text/csv", 415, "application/json"),
         (json.dumps({"instances": [[1.0] * 13]}).encode(), "application/json", 400, "results"),
         (json.dumps({"results": [1]}).encode(), "application/json", 400, "inputs"),
-        (json.dumps({"dataframe_records": [{"alcohol": 1}], "results": [1, 2]}).encode(),
-         "application/json", 400, "rejected"),
+        (
+            json.dumps({"dataframe_records": [{"alcohol": 1}], "results": [1, 2]}).encode(),
+            "application/json",
+            400,
+            "rejected",
+        ),
     ],
-)  # fmt: skip
+)
 def test_set_new_metrics_mistakes(
     gw: Gateway, body: bytes, content_type: str, status: int, needle: str
 ) -> None:
@@ -238,8 +264,10 @@ def test_report_flags_the_shifted_features_and_only_those(
 def test_report_with_feedback_shows_metric_decline(gw: Gateway, wine: pd.DataFrame) -> None:
     rows, truth = _test_split(wine)
     wrong = (truth + 1) % 3  # every answer is now wrong
-    reply = gw.post(f"/model/{V1}/set_new_metrics",
-                    json_body={"instances": rows.to_dict(orient="records"), "results": wrong.tolist()})  # fmt: skip
+    reply = gw.post(
+        f"/model/{V1}/set_new_metrics",
+        json_body={"instances": rows.to_dict(orient="records"), "results": wrong.tolist()},
+    )
     assert reply.status == 201
     summary, archive = _report(gw, V1)
     assert "accuracy" in summary["degraded_metrics"]
@@ -256,8 +284,12 @@ def test_report_without_data_says_what_is_missing(gw: Gateway) -> None:
 
 
 def test_reference_upload(gw: Gateway, wine: pd.DataFrame) -> None:
-    reply = gw.request("PUT", "/model/custom-1/reference", body=wine.head(30).to_csv(index=False).encode(),
-                       headers={"Content-Type": "text/csv"})  # fmt: skip
+    reply = gw.request(
+        "PUT",
+        "/model/custom-1/reference",
+        body=wine.head(30).to_csv(index=False).encode(),
+        headers={"Content-Type": "text/csv"},
+    )
     assert reply.status == 200, reply.body
     assert reply.json()["rows"] == 30
     bad = gw.request(
@@ -277,12 +309,18 @@ def test_a_locked_store_loses_nothing(gw: Gateway, wine: pd.DataFrame) -> None:
                 f"/{V1}", json_body={"dataframe_split": json.loads(row.to_json(orient="split"))}
             )
             assert reply.status == 200, reply.body
-        wait_until(lambda: not gw.get("/health").json()["inference_log"]["store_up"], 10,
-                   what="the writer to notice the outage")  # fmt: skip
+        wait_until(
+            lambda: not gw.get("/health").json()["inference_log"]["store_up"],
+            10,
+            what="the writer to notice the outage",
+        )
         stats = gw.get("/health").json()["inference_log"]
         assert stats["retried"] > 0
-        wait_until(lambda: gw.get("/health").json()["inference_log"]["spooled"] > 0, 10,
-                   what="records to spill to the spool file")  # fmt: skip
+        wait_until(
+            lambda: gw.get("/health").json()["inference_log"]["spooled"] > 0,
+            10,
+            what="records to spill to the spool file",
+        )
     finally:
         lock.rollback()
         lock.close()
