@@ -16,13 +16,15 @@ from aiohttp import web
 from supervisor.manager import Manager, SupervisorConfig
 from supervisor.ports import StateStore
 
-from . import data_api, management, proxy
+from . import data_api, management, ops, proxy
+from .auth import Authenticator, Scope, auth_middleware, load_htpasswd
 from .errors import error_middleware
 from .inference_log import InferenceLogger
 from .keys import (
     CLIENT_SESSION,
     INFERENCE_LOG,
     MANAGER,
+    METRICS,
     REGISTRY,
     ROUTES,
     SETTINGS,
@@ -30,7 +32,9 @@ from .keys import (
     STORE,
 )
 from .launchers import mlflow_serve_factory
+from .metrics import GatewayMetrics
 from .registry import Registry
+from .request_context import echo_request_id
 from .settings import Settings
 from .store.base import Store
 
@@ -115,20 +119,61 @@ async def _manager(app: web.Application) -> AsyncIterator[None]:
         )  # fmt: skip
         app[MANAGER] = manager
         app[ROUTES] = manager.table
+        app[METRICS].watch(manager.table, lambda: app.get(INFERENCE_LOG))
         await manager.restore()
         yield
         logger.info("stopping %d deployment(s)", len(manager.table))
         await manager.close()
 
 
+def make_authenticator(settings: Settings) -> Authenticator:
+    return Authenticator(
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        inference_token=(
+            settings.inference_token.get_secret_value() if settings.inference_token else None
+        ),
+        htpasswd=load_htpasswd(settings.htpasswd) if settings.htpasswd else None,
+        metrics_need_auth=settings.metrics_auth,
+    )
+
+
+def route_scopes() -> dict[object, Scope]:
+    """Which access class each handler belongs to; anything unlisted is admin."""
+    return {
+        management.health: Scope.OPEN,
+        ops.openapi_json: Scope.OPEN,
+        ops.docs: Scope.OPEN,
+        ops.metrics: Scope.METRICS,
+        proxy.invoke: Scope.INFERENCE,
+        proxy.backend_get: Scope.INFERENCE,
+    }
+
+
 def create_app(settings: Settings) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    middlewares = [error_middleware]
+    authenticator = make_authenticator(settings)
+    if authenticator.enabled:
+        scopes = route_scopes()
+
+        def scope_of(request: web.Request) -> Scope:
+            return scopes.get(request.match_info.handler, Scope.ADMIN)
+
+        # Inside the error middleware, so a refusal is a JSON 401/403 too.
+        middlewares.append(auth_middleware(authenticator, scope_of))
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=middlewares,
         client_max_size=int(settings.max_body_mb * 1024 * 1024),
+        handler_args={
+            "max_line_size": settings.max_header_kb * 1024,
+            "max_field_size": settings.max_header_kb * 1024,
+        },
     )
     app[SETTINGS] = settings
     app[REGISTRY] = Registry(settings.tracking_uri)
+    metrics = GatewayMetrics()
+    app[METRICS] = metrics
+    app.on_response_prepare.append(echo_request_id)
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(_data_store)
     app.cleanup_ctx.append(_inference_log)
@@ -136,5 +181,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_manager)
     management.add_routes(app)
     data_api.add_routes(app)
+    ops.add_routes(app)
     proxy.add_routes(app)  # catch-all key routes last
     return app

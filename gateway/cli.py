@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .demo import DEMO_ROW
+from .request_context import JsonAccessLogger, access_logger, configure_access_log
 from .settings import Settings
 
 logger = logging.getLogger("gateway")
@@ -67,11 +68,14 @@ def serve(settings: Settings, app: web.Application | None = None) -> None:
     from .app import create_app
 
     app = app if app is not None else create_app(settings)
+    configure_access_log()
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
+        access_log_class=JsonAccessLogger,
+        access_log=access_logger,
         loop=new_event_loop(),
         print=lambda msg: logger.info("%s", msg),
     )

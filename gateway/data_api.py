@@ -27,7 +27,7 @@ from .errors import (
     GatewayError,
 )
 from .keys import CLIENT_SESSION, SETTINGS, STORE
-from .params import read_json_object, resolve_key, single_query
+from .params import read_body, read_json_object, resolve_key, single_query
 from .proxy import lookup
 from .quality.metrics import compute_metrics
 from .quality.report import DEFAULT_TOLERANCE, ReportInput, build_report
@@ -148,7 +148,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 async def put_reference(request: web.Request) -> web.Response:
     """PUT /model/{key}/reference: a CSV of representative inputs for drift checks."""
     name, version = resolve_key(request, request.match_info["key"])
-    body = await request.read()
+    body = await read_body(request)
     if not body.strip():
         raise BadRequest("send the reference data as a CSV body with a header row")
 

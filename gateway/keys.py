@@ -10,6 +10,7 @@ from supervisor.manager import Manager
 from supervisor.ports import StateStore
 
 from .inference_log import InferenceLogger
+from .metrics import GatewayMetrics
 from .registry import Registry
 from .settings import Settings
 from .store.base import Store
@@ -24,3 +25,4 @@ ROUTES = web.AppKey("routes", dict[str, Deployment])
 STORE = web.AppKey("store", Store)
 # None when GATEWAY_LOG_INPUTS=0.
 INFERENCE_LOG = web.AppKey("inference_log", InferenceLogger | None)  # type: ignore[arg-type]
+METRICS = web.AppKey("metrics", GatewayMetrics)

@@ -14,7 +14,7 @@ from supervisor.ports import DeploymentRecord
 
 from .baselines import capture_baseline
 from .errors import BadRequest, DeploymentNotFound
-from .keys import INFERENCE_LOG, MANAGER, REGISTRY, ROUTES, SETTINGS, STATE_STORE
+from .keys import INFERENCE_LOG, MANAGER, METRICS, REGISTRY, ROUTES, SETTINGS, STATE_STORE
 from .launchers import ENV_MANAGERS
 from .names import check_model_name, check_version, deployment_key
 from .params import int_query, resolve_key, single_query
@@ -74,8 +74,10 @@ async def deploy(request: web.Request) -> web.Response:
             key=key, model_name=name, version=version, run_uuid=info.run_id,
             env_manager=env_manager, created_at=time.time(),
         )  # fmt: skip
+        started = time.monotonic()
         deployment, created = await manager.deploy(record, replicas=replicas)
         if created:
+            request.app[METRICS].deploy_duration.labels(key).set(time.monotonic() - started)
             await capture_baseline(request.app, name, version, info.run_id)
     else:
         deployment, created = existing, False
@@ -103,6 +105,7 @@ async def undeploy(request: web.Request) -> web.Response:
     if key not in manager.table:
         raise DeploymentNotFound(f"{key!r} is not deployed")
     deployment = await manager.undeploy(key)
+    request.app[METRICS].forget(key)
     ports = [r.port for r in deployment.replicas]
     return web.json_response(
         {"key": key, "status": "undeployed", "freed_ports": ports,

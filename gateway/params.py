@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 
-from .errors import BadRequest, UnsupportedMediaType
-from .keys import ROUTES
+from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
+from .keys import ROUTES, SETTINGS
 from .names import check_model_name, check_version
 
 
@@ -49,7 +50,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise UnsupportedMediaType(
             f"send JSON with Content-Type: application/json, not {request.content_type!r}"
         )
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -57,3 +58,12 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, within the size limit and the body timeout."""
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None

@@ -8,14 +8,24 @@ large). Nothing here blocks, parses JSON or awaits a store.
 from __future__ import annotations
 
 import logging
+import time
 
 import aiohttp
 from aiohttp import hdrs, web
 
 from supervisor.deployment import Deployment, Replica
 
-from .errors import BackendTimeout, BackendUnavailable, DeploymentNotFound, ModelNotReady
-from .keys import CLIENT_SESSION, INFERENCE_LOG, ROUTES
+from .errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    DeploymentNotFound,
+    GatewayError,
+    ModelNotReady,
+)
+from .keys import CLIENT_SESSION, INFERENCE_LOG, METRICS, ROUTES
+from .metrics import UNKNOWN_KEY, KeyMetrics
+from .params import read_body
+from .request_context import REQUEST_ID_HEADER, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +40,7 @@ _HOP_BY_HOP = frozenset(
         "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
     )
 )  # fmt: skip
-_FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING, "X-Request-ID")
+_FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING)
 
 
 def new_client_session(max_connections: int, backend_timeout: float) -> aiohttp.ClientSession:
@@ -73,6 +83,7 @@ def lookup(request: web.Request) -> tuple[Deployment, Replica]:
 def _request_headers(request: web.Request) -> dict[str, str]:
     incoming = request.headers
     headers = {name: incoming[name] for name in _FORWARDED_REQUEST_HEADERS if name in incoming}
+    headers[REQUEST_ID_HEADER] = request_id(request)
     remote = request.remote or ""
     previous = incoming.get(hdrs.X_FORWARDED_FOR)
     headers[hdrs.X_FORWARDED_FOR] = f"{previous}, {remote}" if previous else remote
@@ -80,12 +91,18 @@ def _request_headers(request: web.Request) -> dict[str, str]:
 
 
 async def forward(
-    request: web.Request, replica: Replica, method: str, url: str, body: bytes | None
+    request: web.Request,
+    replica: Replica,
+    method: str,
+    url: str,
+    body: bytes | None,
+    timing: KeyMetrics | None = None,
 ) -> web.StreamResponse:
     """Send one call to `replica` and relay its answer; 503/504 on transport failure."""
     session = request.app[CLIENT_SESSION]
     headers = _request_headers(request)
     replica.in_flight += 1
+    started = time.perf_counter()
     try:
         for attempt in (1, 2):
             try:
@@ -110,6 +127,8 @@ async def forward(
         ) from exc
     finally:
         replica.in_flight -= 1
+        if timing is not None:
+            timing.backend.observe(time.perf_counter() - started)
 
 
 async def _exchange(
@@ -136,24 +155,45 @@ async def _exchange(
         return response
 
 
+def _timing(request: web.Request, key: str) -> KeyMetrics | None:
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return None
+    return metrics.for_key(key if key in request.app[ROUTES] else UNKNOWN_KEY)
+
+
 async def invoke(request: web.Request) -> web.StreamResponse:
     """POST /{key}, /{key}/invocations, /model/{key}: one prediction call."""
-    deployment, replica = lookup(request)
-    body = await request.read()
-    response = await forward(request, replica, "POST", replica.invocations_url, body)
-    log = request.app[INFERENCE_LOG]
-    if log is not None and 200 <= response.status < 300:
-        # A streamed (large) answer was never held whole: its inputs are logged alone.
-        answer = response.body if isinstance(response, web.Response) else None
-        record = deployment.record
-        log.submit(
-            record.model_name,
-            record.version,
-            request.headers.get(hdrs.CONTENT_TYPE, "application/json"),
-            body,
-            answer if isinstance(answer, bytes) else None,
-        )
-    return response
+    timing = _timing(request, request.match_info["key"])
+    started = time.perf_counter()
+    status = 500
+    if timing is not None:
+        timing.in_flight.inc()
+    try:
+        deployment, replica = lookup(request)
+        body = await read_body(request)
+        response = await forward(request, replica, "POST", replica.invocations_url, body, timing)
+        status = response.status
+        log = request.app[INFERENCE_LOG]
+        if log is not None and 200 <= status < 300:
+            # A streamed (large) answer was never held whole: its inputs are logged alone.
+            answer = response.body if isinstance(response, web.Response) else None
+            record = deployment.record
+            log.submit(
+                record.model_name,
+                record.version,
+                request.headers.get(hdrs.CONTENT_TYPE, "application/json"),
+                body,
+                answer if isinstance(answer, bytes) else None,
+            )
+        return response
+    except (GatewayError, web.HTTPException) as exc:
+        status = exc.status
+        raise
+    finally:
+        if timing is not None:
+            timing.in_flight.dec()
+            timing.done(status, time.perf_counter() - started)
 
 
 async def backend_get(request: web.Request) -> web.StreamResponse:

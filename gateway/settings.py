@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +102,26 @@ class Settings(BaseSettings):
 
     report_max_calls: int = Field(200_000, ge=1, validation_alias=_env("GATEWAY_REPORT_MAX_CALLS"))
     """Most recent logged calls a degradation report reads."""
+
+    admin_token: SecretStr | None = Field(None, validation_alias=_env("GATEWAY_ADMIN_TOKEN"))
+    """Bearer token for management, data and report endpoints (unset: open)."""
+
+    inference_token: SecretStr | None = Field(
+        None, validation_alias=_env("GATEWAY_INFERENCE_TOKEN")
+    )
+    """Bearer token for inference calls (unset: open; the admin token works too)."""
+
+    htpasswd: Path | None = Field(None, validation_alias=_env("GATEWAY_HTPASSWD"))
+    """An htpasswd file of bcrypt entries whose users may call every endpoint (Basic auth)."""
+
+    metrics_auth: bool = Field(False, validation_alias=_env("GATEWAY_METRICS_AUTH"))
+    """Require the admin token (or Basic credentials) for /metrics."""
+
+    body_timeout: float = Field(30.0, gt=0, validation_alias=_env("GATEWAY_BODY_TIMEOUT"))
+    """Seconds a client has to send its whole request body (then 408)."""
+
+    max_header_kb: int = Field(16, ge=1, le=1024, validation_alias=_env("GATEWAY_MAX_HEADER_KB"))
+    """Largest request line or header field, in KiB (then 400)."""
 
     log_level: str = Field("INFO", validation_alias=_env("GATEWAY_LOG_LEVEL"))
     """Python logging level of the gateway."""

@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import proxy
 from gateway.errors import error_middleware
-from gateway.keys import CLIENT_SESSION, INFERENCE_LOG, ROUTES
+from gateway.keys import CLIENT_SESSION, INFERENCE_LOG, ROUTES, SETTINGS
+from gateway.settings import Settings
 from supervisor.deployment import Deployment, Replica
 from supervisor.ports import DeploymentRecord
 from supervisor.states import State
@@ -85,6 +86,7 @@ async def make_gateway() -> GatewayFactory:
         app = web.Application(middlewares=[error_middleware])
         app[ROUTES] = table
         app[INFERENCE_LOG] = None
+        app[SETTINGS] = Settings()
 
         async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
             app[CLIENT_SESSION] = proxy.new_client_session(8, read_timeout)
