@@ -86,7 +86,8 @@ class Authenticator:
         if scope is Scope.METRICS:
             return self._metrics_need_auth and bool(self._admin or self._users)
         if scope is Scope.INFERENCE:
-            return bool(self._inference or self._admin or self._users)
+            # Each token guards its own class: an admin token alone leaves inference open.
+            return bool(self._inference or self._users)
         return bool(self._admin or self._users)
 
     def _challenge(self) -> dict[str, str]:

@@ -19,14 +19,15 @@ from aiohttp.abc import AbstractAccessLogger
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 access_logger = logging.getLogger("gateway.access")
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def request_id(request: web.Request) -> str:
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID)
     if rid is None:
         incoming = request.headers.get(REQUEST_ID_HEADER)
         rid = incoming if incoming and _SANE_ID.fullmatch(incoming) else uuid.uuid4().hex
-        request["request_id"] = rid
+        request[REQUEST_ID] = rid
     return rid
 
 
@@ -39,8 +40,10 @@ class JsonAccessLogger(AbstractAccessLogger):
     """One JSON object per request on the `gateway.access` logger."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
-        match_info = getattr(request, "match_info", None)
-        key = match_info.get("key") if match_info is not None else None
+        try:
+            key = request.match_info.get("key")  # type: ignore[attr-defined]
+        except (AttributeError, AssertionError):
+            key = None  # a request the HTTP parser refused never reached routing
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
             "method": request.method,
@@ -50,7 +53,7 @@ class JsonAccessLogger(AbstractAccessLogger):
             "duration_ms": round(time_ * 1000, 3),
             "bytes_in": request.content_length or 0,
             "bytes_out": response.body_length,
-            "request_id": request.get("request_id"),
+            "request_id": request.get(REQUEST_ID),
             "remote": request.remote,
         }
         self.logger.info(json.dumps(entry, separators=(",", ":")))

@@ -142,6 +142,7 @@ class Gateway:
             GATEWAY_HEALTH_FAILURES="2",
             GATEWAY_STOP_TIMEOUT="3",
             GATEWAY_LOG_LEVEL="INFO",
+            GATEWAY_BODY_TIMEOUT="2",
         )
         env.update(self.extra_env)
         return env
