@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..dataset import record_rows
@@ -96,7 +97,8 @@ def _feature_plot(feature: str, reference: pd.Series, current: pd.Series, numeri
     if numeric:
         ref = pd.to_numeric(reference, errors="coerce").dropna()
         cur = pd.to_numeric(current, errors="coerce").dropna()
-        bins = 20
+        # Shared bin edges, so the two histograms compare bar for bar.
+        bins = np.histogram_bin_edges(pd.concat([ref, cur]).to_numpy(dtype=float), bins=20)
         ax.hist(ref, bins=bins, alpha=0.55, density=True, label=f"reference (n={len(ref)})")
         if len(cur):
             ax.hist(cur, bins=bins, alpha=0.55, density=True, label=f"recent (n={len(cur)})")
