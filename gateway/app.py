@@ -18,9 +18,11 @@ from supervisor.ports import StateStore
 
 from . import data_api, management, ops, proxy
 from .auth import Authenticator, Scope, auth_middleware, load_htpasswd
+from .batching import configure_batching, drop_batcher
 from .errors import error_middleware
 from .inference_log import InferenceLogger
 from .keys import (
+    BATCHERS,
     CLIENT_SESSION,
     INFERENCE_LOG,
     MANAGER,
@@ -31,7 +33,7 @@ from .keys import (
     STATE_STORE,
     STORE,
 )
-from .launchers import mlflow_serve_factory
+from .launchers import command_factory
 from .metrics import GatewayMetrics
 from .registry import Registry
 from .request_context import echo_request_id
@@ -114,14 +116,18 @@ async def _manager(app: web.Application) -> AsyncIterator[None]:
         connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=4.0)
     ) as probe_session:
         manager = Manager(
-            app[STATE_STORE], mlflow_serve_factory(settings), supervisor_config(settings),
+            app[STATE_STORE], command_factory(settings), supervisor_config(settings),
             probe_session,
         )  # fmt: skip
         app[MANAGER] = manager
         app[ROUTES] = manager.table
         app[METRICS].watch(manager.table, lambda: app.get(INFERENCE_LOG))
         await manager.restore()
+        for deployment in manager.table.values():
+            await configure_batching(app, deployment)
         yield
+        for key in list(app[BATCHERS]):
+            await drop_batcher(app, key)
         logger.info("stopping %d deployment(s)", len(manager.table))
         await manager.close()
 
@@ -173,6 +179,7 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTRY] = Registry(settings.tracking_uri)
     metrics = GatewayMetrics()
     app[METRICS] = metrics
+    app[BATCHERS] = {}
     app.on_response_prepare.append(echo_request_id)
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(_data_store)

@@ -16,19 +16,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from .dataset import csv_line, prediction_values, record_rows
 from .errors import (
-    BackendTimeout,
-    BackendUnavailable,
     BadRequest,
     GatewayError,
 )
 from .keys import CLIENT_SESSION, SETTINGS, STORE
 from .params import read_body, read_json_object, resolve_key, single_query
-from .proxy import lookup
+from .proxy import lookup, post_bytes
 from .quality.metrics import compute_metrics
 from .quality.report import DEFAULT_TOLERANCE, ReportInput, build_report
 from .store.base import MetricsSnapshot
@@ -194,22 +191,13 @@ def _feedback_timestamp(raw: Any) -> float:
 async def _predict(request: web.Request, payload: dict[str, Any]) -> list[Any]:
     """Predictions for `payload` through the same pooled path as inference."""
     _, replica = lookup(request)
-    session = request.app[CLIENT_SESSION]
-    replica.in_flight += 1
-    try:
-        async with session.post(replica.invocations_url, json=payload) as resp:
-            body = await resp.read()
-    except aiohttp.ClientConnectorError as exc:
-        raise BackendUnavailable(f"the backend refused the connection: {exc.os_error}") from exc
-    except TimeoutError as exc:
-        raise BackendTimeout("the backend did not answer in time") from exc
-    except aiohttp.ClientError as exc:
-        raise BackendUnavailable(f"the backend failed mid-call: {exc!r}") from exc
-    finally:
-        replica.in_flight -= 1
-    if resp.status >= 400:
+    status, body, _ = await post_bytes(
+        request.app[CLIENT_SESSION], replica, json.dumps(payload).encode(),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    if status >= 400:
         detail = body.decode("utf-8", "replace")[:2000]
-        raise PredictionFailed(f"the model rejected the inputs ({resp.status}): {detail}")
+        raise PredictionFailed(f"the model rejected the inputs ({status}): {detail}")
     return prediction_values(body)
 
 

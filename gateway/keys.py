@@ -26,3 +26,5 @@ STORE = web.AppKey("store", Store)
 # None when GATEWAY_LOG_INPUTS=0.
 INFERENCE_LOG = web.AppKey("inference_log", InferenceLogger | None)  # type: ignore[arg-type]
 METRICS = web.AppKey("metrics", GatewayMetrics)
+# Adaptive batchers of the deployments that enabled batching, by key.
+BATCHERS = web.AppKey("batchers", dict)  # dict[str, gateway.batching.Batcher]

@@ -7,8 +7,11 @@ large). Nothing here blocks, parses JSON or awaits a store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -22,12 +25,13 @@ from .errors import (
     GatewayError,
     ModelNotReady,
 )
-from .keys import CLIENT_SESSION, INFERENCE_LOG, METRICS, ROUTES
+from .keys import BATCHERS, CLIENT_SESSION, INFERENCE_LOG, METRICS, ROUTES
 from .metrics import UNKNOWN_KEY, KeyMetrics
 from .params import read_body
 from .request_context import REQUEST_ID_HEADER, request_id
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Answers up to this size are read whole (one write back); larger ones stream.
 STREAM_THRESHOLD = 1 << 20
@@ -90,6 +94,57 @@ def _request_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
+@contextlib.contextmanager
+def backend_errors(replica: Replica) -> Iterator[None]:
+    """Map transport failures of a call to `replica` to 503/504 JSON errors."""
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        raise BackendUnavailable(
+            f"the backend on port {replica.port} refused the connection: {exc.os_error}",
+            headers={"Retry-After": "1"},
+        ) from exc
+    except TimeoutError as exc:
+        raise BackendTimeout(f"the backend on port {replica.port} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        raise BackendUnavailable(
+            f"the backend on port {replica.port} failed mid-call: {exc!r}",
+            headers={"Retry-After": "1"},
+        ) from exc
+
+
+async def _once_more_if_dropped(call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call`; again once if a pooled keep-alive connection was closed under it.
+
+    The backend closed an idle connection just as we reused it: no answer was
+    started, so one retry is safe (a prediction has no side effect).
+    """
+    try:
+        return await call()
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise
+        return await call()
+
+
+async def post_bytes(
+    session: aiohttp.ClientSession, replica: Replica, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes, str]:
+    """POST `body` to the replica's /invocations; (status, answer bytes, content type)."""
+
+    async def call() -> tuple[int, bytes, str]:
+        async with session.post(replica.invocations_url, data=body, headers=headers) as resp:
+            payload = await resp.read()
+            return resp.status, payload, resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
+
+    replica.in_flight += 1
+    try:
+        with backend_errors(replica):
+            return await _once_more_if_dropped(call)
+    finally:
+        replica.in_flight -= 1
+
+
 async def forward(
     request: web.Request,
     replica: Replica,
@@ -104,27 +159,10 @@ async def forward(
     replica.in_flight += 1
     started = time.perf_counter()
     try:
-        for attempt in (1, 2):
-            try:
-                return await _exchange(request, session, method, url, body, headers)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                # A pooled keep-alive connection the backend closed just as we
-                # reused it: no answer was started, so one retry is safe.
-                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
-                    raise
-        raise AssertionError("unreachable")
-    except aiohttp.ClientConnectorError as exc:
-        raise BackendUnavailable(
-            f"the backend on port {replica.port} refused the connection: {exc.os_error}",
-            headers={"Retry-After": "1"},
-        ) from exc
-    except TimeoutError as exc:
-        raise BackendTimeout(f"the backend on port {replica.port} did not answer in time") from exc
-    except aiohttp.ClientError as exc:
-        raise BackendUnavailable(
-            f"the backend on port {replica.port} failed mid-call: {exc!r}",
-            headers={"Retry-After": "1"},
-        ) from exc
+        with backend_errors(replica):
+            return await _once_more_if_dropped(
+                lambda: _exchange(request, session, method, url, body, headers)
+            )
     finally:
         replica.in_flight -= 1
         if timing is not None:
@@ -172,7 +210,16 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     try:
         deployment, replica = lookup(request)
         body = await read_body(request)
-        response = await forward(request, replica, "POST", replica.invocations_url, body, timing)
+        response: web.StreamResponse | None = None
+        batcher = request.app[BATCHERS].get(deployment.key)
+        if batcher is not None:
+            response = await batcher.submit(
+                body, request.headers.get(hdrs.CONTENT_TYPE, "application/json")
+            )
+        if response is None:
+            response = await forward(
+                request, replica, "POST", replica.invocations_url, body, timing
+            )
         status = response.status
         log = request.app[INFERENCE_LOG]
         if log is not None and 200 <= status < 300:

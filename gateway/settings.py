@@ -74,8 +74,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30.0, ge=0, validation_alias=_env("GATEWAY_SHUTDOWN_TIMEOUT"))
     """Seconds in-flight requests get to finish on SIGTERM/SIGINT."""
 
-    launcher: Literal["mlflow"] = Field("mlflow", validation_alias=_env("GATEWAY_LAUNCHER"))
-    """How backends start: `mlflow models serve`, or MLflow's scoring server directly."""
+    launcher: Literal["lean", "mlflow"] = Field("lean", validation_alias=_env("GATEWAY_LAUNCHER"))
+    """How local backends start: `lean` runs MLflow's scoring server directly (one
+    process, faster start); `mlflow` runs `mlflow models serve`."""
 
     backend_workers: int = Field(1, ge=1, validation_alias=_env("GATEWAY_BACKEND_WORKERS"))
     """Server worker processes per backend (scale out with more deployments instead)."""

@@ -128,6 +128,43 @@ class Manager:
             )
             return deployment, True
 
+    async def scale(self, key: str, replicas: int) -> Deployment:
+        """Change the replica count live: new replicas join the rotation once ready,
+        removed ones leave it first and are drained before they stop."""
+        async with self._lock(key):
+            deployment = self._get(key)
+            current = list(deployment.replicas)
+            if replicas > len(current):
+                added = await self._start_replicas(deployment, replicas - len(current))
+                deployment.replicas = [*current, *added]  # one assignment: readers see old or new
+            elif replicas < len(current):
+                kept, dropped = current[:replicas], current[replicas:]
+                deployment.replicas = kept
+                await self._retire(deployment, dropped)
+            logger.info("scaled %s to %d replica(s)", key, replicas)
+            return deployment
+
+    async def replace(self, record: DeploymentRecord, replicas: int) -> Deployment:
+        """Zero-downtime redeploy: start new backends, wait until they are ready,
+        switch routing in one assignment, then drain and stop the old ones.
+
+        If the new backends fail to start, the old ones keep serving untouched.
+        """
+        async with self._lock(record.key):
+            deployment = self._get(record.key)
+            # The new replicas start under a staging deployment that carries the new
+            # record, so their command (and later restarts) use it.
+            staging = Deployment(record, [])
+            added = await self._start_replicas(staging, replicas, index_base=deployment)
+            old = deployment.replicas
+            deployment.record = record
+            deployment.replicas = added
+            await self._store.update_record(record)
+            await self._retire(deployment, old)
+            logger.info("replaced %s: ports %s -> %s", record.key,
+                        [r.port for r in old], [r.port for r in added])  # fmt: skip
+            return deployment
+
     async def undeploy(self, key: str) -> Deployment:
         """Stop every backend of `key`, free its ports and forget it."""
         async with self._lock(key):
@@ -147,6 +184,44 @@ class Manager:
         await asyncio.gather(*(self._stop_all(d) for d in deployments))
 
     # ---------------------------------------------------------------- internals
+
+    def _get(self, key: str) -> Deployment:
+        deployment = self.table.get(key)
+        if deployment is None:
+            raise NotDeployed(f"{key!r} is not deployed")
+        return deployment
+
+    async def _start_replicas(
+        self, deployment: Deployment, count: int, index_base: Deployment | None = None
+    ) -> list[Replica]:
+        """Reserve ports for `count` more replicas and start them; all ready, or none."""
+        existing = (index_base or deployment).replicas
+        first_index = max((r.index for r in existing), default=-1) + 1
+        indexes = list(range(first_index, first_index + count))
+        ports = await self._store.add_replicas(deployment.key, indexes)
+        added = [Replica(i, p, self.config.host) for i, p in zip(indexes, ports, strict=True)]
+        loop = asyncio.get_running_loop()
+        firsts = [loop.create_future() for _ in added]
+        for replica, first in zip(added, firsts, strict=True):
+            replica.task = asyncio.create_task(
+                self._keep_alive(deployment, replica, first_start=first),
+                name=f"keep-alive {deployment.key}#{replica.index}",
+            )
+        try:
+            await asyncio.gather(*firsts)
+        except BaseException:
+            await asyncio.gather(*(self._stop_replica(deployment, r) for r in added))
+            for replica in added:
+                await self._store.remove_replica(deployment.key, replica.index)
+            raise
+        return added
+
+    async def _retire(self, deployment: Deployment, replicas: list[Replica]) -> None:
+        """Stop replicas already out of the rotation, after their calls finish."""
+        await self._drain(replicas)
+        await asyncio.gather(*(self._stop_replica(deployment, r) for r in replicas))
+        for replica in replicas:
+            await self._store.remove_replica(deployment.key, replica.index)
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())

@@ -149,6 +149,13 @@ class StateStore:
                 "DELETE FROM backends WHERE key = ? AND replica = ?", (key, replica)
             )
 
+    async def update_record(self, record: DeploymentRecord) -> None:
+        async with self._lock:
+            await self._db.execute(
+                "UPDATE deployments SET run_uuid = ?, env_manager = ?, options = ? WHERE key = ?",
+                (record.run_uuid, record.env_manager, json.dumps(record.options), record.key),
+            )
+
     async def update_options(self, key: str, options: dict[str, Any]) -> None:
         async with self._lock:
             await self._db.execute(

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import proxy
 from gateway.errors import error_middleware
-from gateway.keys import CLIENT_SESSION, INFERENCE_LOG, ROUTES, SETTINGS
+from gateway.keys import BATCHERS, CLIENT_SESSION, INFERENCE_LOG, ROUTES, SETTINGS
 from gateway.settings import Settings
 from supervisor.deployment import Deployment, Replica
 from supervisor.ports import DeploymentRecord
@@ -86,6 +86,7 @@ async def make_gateway() -> GatewayFactory:
         app = web.Application(middlewares=[error_middleware])
         app[ROUTES] = table
         app[INFERENCE_LOG] = None
+        app[BATCHERS] = {}
         app[SETTINGS] = Settings()
 
         async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
