@@ -23,15 +23,23 @@ run: $(STAMP)-install
 	$(VENV)/bin/modelgw demo
 
 lint: $(STAMP)-test
-	$(VENV)/bin/ruff check gateway supervisor tests
-	$(VENV)/bin/ruff format --check gateway supervisor tests
+	$(VENV)/bin/ruff check gateway supervisor tests bench
+	$(VENV)/bin/ruff format --check gateway supervisor tests bench
 
 format: $(STAMP)-test
-	$(VENV)/bin/ruff format gateway supervisor tests
-	$(VENV)/bin/ruff check --fix gateway supervisor tests
+	$(VENV)/bin/ruff format gateway supervisor tests bench
+	$(VENV)/bin/ruff check --fix gateway supervisor tests bench
 
 test: lint
 	$(VENV)/bin/pytest
+
+# Benchmarks are not tests: they print figures and never fail on a threshold.
+bench: $(STAMP)-test
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
+	  echo "installing wrk and nginx from the system's packages"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk nginx; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk nginx; fi; }
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) gateway-data .pytest_cache .ruff_cache

@@ -9,12 +9,14 @@ Two launchers:
   uvloop and httptools and without per-request access logging. Same server
   and model code, one process instead of two, no CLI start-up.
 Other env managers always go through `mlflow models serve`, which builds the
-model's environment.
+model's environment. `GATEWAY_BACKEND_COMMAND` replaces both with any server
+that speaks MLflow's scoring protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 import shutil
 import sys
@@ -98,5 +100,27 @@ def lean_factory(settings: Settings) -> CommandFactory:
     return build
 
 
+def custom_factory(settings: Settings, template: list[str]) -> CommandFactory:
+    """Any server that speaks MLflow's scoring protocol, from an argv template."""
+    env = settings.child_environment()
+
+    async def build(record: DeploymentRecord, port: int) -> Command:
+        fields = {
+            "port": str(port), "model": record.model_name, "version": record.version,
+            "model_uri": f"models:/{record.model_name}/{record.version}",
+        }  # fmt: skip
+        # str.replace, not str.format: a brace elsewhere in an argument stays as it is.
+        argv = []
+        for word in template:
+            for name, value in fields.items():
+                word = word.replace("{" + name + "}", value)
+            argv.append(word)
+        return Command(argv=argv, env=env)
+
+    return build
+
+
 def command_factory(settings: Settings) -> CommandFactory:
+    if settings.backend_command:
+        return custom_factory(settings, json.loads(settings.backend_command))
     return lean_factory(settings) if settings.launcher == "lean" else mlflow_serve_factory(settings)

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     """How local backends start: `lean` runs MLflow's scoring server directly (one
     process, faster start); `mlflow` runs `mlflow models serve`."""
 
+    backend_command: str | None = Field(None, validation_alias=_env("GATEWAY_BACKEND_COMMAND"))
+    """A JSON list: the argument vector of a custom backend that speaks MLflow's scoring
+    protocol (/ping, /invocations). `{port}`, `{model}`, `{version}` and `{model_uri}` are
+    filled in. Overrides the launcher for every deployment."""
+
     backend_workers: int = Field(1, ge=1, validation_alias=_env("GATEWAY_BACKEND_WORKERS"))
     """Server worker processes per backend (scale out with more deployments instead)."""
 
@@ -129,6 +134,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_range(self) -> Settings:
+        if self.backend_command is not None:
+            import json
+
+            try:
+                argv = json.loads(self.backend_command)
+            except ValueError as exc:
+                raise ValueError(f"GATEWAY_BACKEND_COMMAND is not JSON: {exc}") from None
+            if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+                raise ValueError("GATEWAY_BACKEND_COMMAND must be a JSON list of strings")
         if self.end_port < self.start_port:
             raise ValueError(f"END_PORT ({self.end_port}) is below START_PORT ({self.start_port})")
         if self.start_port <= self.port <= self.end_port:

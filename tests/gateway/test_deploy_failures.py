@@ -46,6 +46,8 @@ def test_readiness_timeout_is_502_and_cleans_up(registry: RegistryInfo, tmp_path
         assert gw.get("/get_number_free_ports").json() == free
         start, end = gw.port_range
         for port in range(start, end + 1):
+            # The lean launcher passes `--port N`, `mlflow models serve` passes `-p N`.
+            assert not processes_mentioning(f"--port {port} "), port
             assert not processes_mentioning(f"-p {port} "), port
 
 

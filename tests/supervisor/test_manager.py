@@ -135,3 +135,57 @@ async def test_close_keeps_desired_state_and_restore_brings_it_back(harness: Har
         await wait_for(lambda: restored.pick() is not None)
     finally:
         await harness.close(manager)
+
+
+async def test_a_dead_replica_leaves_the_rotation_and_comes_back(harness: Harness) -> None:
+    manager = await harness.open()
+    try:
+        deployment, _ = await manager.deploy(record("m-1"), replicas=2)
+        first, second = deployment.replicas
+        assert first.port != second.port and first.routable and second.routable
+        os.kill(first.process.pid, signal.SIGKILL)
+        await wait_for(lambda: not first.routable)
+        assert {deployment.pick() for _ in range(5)} == {second}
+        await wait_for(lambda: first.routable and first.restarts == 1)
+        second.in_flight = 3  # busier: the least-outstanding choice is now the first
+        assert deployment.pick() is first
+        second.in_flight = 0
+    finally:
+        await harness.close(manager)
+
+
+async def test_scale_and_replace_swap_replicas_and_free_ports(harness: Harness) -> None:
+    manager = await harness.open()
+    try:
+        deployment, _ = await manager.deploy(record("m-1"))
+        await manager.scale("m-1", 3)
+        assert len(deployment.replicas) == 3 and all(r.routable for r in deployment.replicas)
+        assert await harness.store.count_free_ports() == 0
+        dropped = deployment.replicas[1:]
+        await manager.scale("m-1", 1)
+        assert len(deployment.replicas) == 1
+        assert all(not pid_alive(r.process.pid) for r in dropped)
+        assert await harness.store.count_free_ports() == 2
+
+        old = deployment.replicas[0]
+        await manager.replace(record("m-1"), 2)
+        assert old not in deployment.replicas and not pid_alive(old.process.pid)
+        assert len(deployment.replicas) == 2 and all(r.routable for r in deployment.replicas)
+        [(_, rows)] = await harness.store.load()
+        assert sorted(p for _, p, _ in rows) == sorted(r.port for r in deployment.replicas)
+    finally:
+        await harness.close(manager)
+
+
+async def test_a_failed_replace_keeps_the_old_backends(harness: Harness) -> None:
+    manager = await harness.open()
+    try:
+        deployment, _ = await manager.deploy(record("m-1"))
+        old = deployment.replicas[0]
+        with pytest.raises(BackendStartError):
+            await manager.replace(record("m-1", mode="exit"), 1)
+        assert deployment.replicas == [old] and old.routable
+        assert deployment.record.options["mode"] == "ready"
+        assert await harness.store.count_free_ports() == len(harness.port_range) - 1
+    finally:
+        await harness.close(manager)
