@@ -161,7 +161,7 @@ class Bench:
 
     def wrk(self, url: str, body: Path, connections: int) -> dict[str, float]:
         threads = 1 if connections == 1 else 2
-        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{self.duration}s", "--latency",
+        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(self.duration))}s", "--latency",
                 "-s", str(REPO / "bench" / "post.lua"), url]  # fmt: skip
         if self.pin:
             argv = ["taskset", "-c", self.pin[1], *argv]

@@ -57,11 +57,11 @@ def test_metrics_count_exactly_the_traffic_sent(gateway: Gateway) -> None:
     assert delta("modelgw_backend_duration_seconds_count", key=KEY) == 9
     assert value(after, "modelgw_requests_in_flight", key=KEY) == 0
     entry = gateway.deployment(KEY)
-    port = str(entry["port"])
-    assert value(after, "modelgw_backend_up", key=KEY, replica="0", port=port) == 1
-    assert value(after, "modelgw_backend_healthy", key=KEY, replica="0", port=port) == 1
+    port, replica = str(entry["port"]), str(entry["replicas"][0]["replica"])
+    assert value(after, "modelgw_backend_up", key=KEY, replica=replica, port=port) == 1
+    assert value(after, "modelgw_backend_healthy", key=KEY, replica=replica, port=port) == 1
     assert (
-        value(after, "modelgw_backend_restarts_total", key=KEY, replica="0", port=port)
+        value(after, "modelgw_backend_restarts_total", key=KEY, replica=replica, port=port)
         == entry["restarts"]
     )
     assert value(after, "modelgw_free_ports") == gateway.get("/get_number_free_ports").json()
