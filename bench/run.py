@@ -265,9 +265,23 @@ def main() -> int:
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved A/B rounds")
-    parser.add_argument("--quick", action="store_true", help="only the core comparisons")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--pin",
+        choices=("split", "none"),
+        default="split",
+        help="split: wrk on the last core, servers on the others; none: no pinning",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "latest.json")
     args = parser.parse_args()
+    sections = [s for s in args.only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             print(
@@ -276,7 +290,7 @@ def main() -> int:
             return 2
 
     work = Path(tempfile.mkdtemp(prefix="modelgw-bench-"))
-    bench = Bench(work, args.duration, args.rounds, cpus())
+    bench = Bench(work, args.duration, args.rounds, cpus() if args.pin == "split" else None)
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}"
     )
@@ -289,125 +303,9 @@ def main() -> int:
         uri = f"sqlite:///{work / 'mlflow.db'}"
         train_and_register(uri, MODEL, artifact_location=work / "artifacts", reuse=False)
         train_and_register(uri, MODEL, artifact_location=work / "artifacts", reuse=False)
-        body = bodies(work)
-
-        lean = bench.gateway("gw-lean", uri)
-        nolog = bench.gateway("gw-nolog", uri, GATEWAY_LOG_INPUTS="0")
-        classic = bench.gateway("gw-mlflow", uri, GATEWAY_LAUNCHER="mlflow", GATEWAY_LOG_INPUTS="0")
-        for gw in (lean, nolog, classic):
-            deploy(gw, "1")
-        key = f"{MODEL}-1"
-        models = {
-            gw.name: http("GET", f"{gw.url}/get_deployed_models")[1][key]
-            for gw in (lean, nolog, classic)
-        }
-        direct_mlflow = f"http://127.0.0.1:{models['gw-mlflow']['port']}/invocations"
-        direct_lean = f"http://127.0.0.1:{models['gw-lean']['port']}/invocations"
-
-        print("\n== the gateway vs calling `mlflow models serve` directly (same backend)")
-        for rows in ("1row", "100row"):
-            for c in (1, 16, 64):
-                bench.compare("direct vs gateway", ("direct", direct_mlflow),
-                              ("gateway", f"{classic.url}/{key}"), body[rows], c)  # fmt: skip
-
-        print("\n== raw proxy capacity: nginx vs the gateway in front of a trivial backend")
-        trivial_cmd = json.dumps(
-            [
-                sys.executable,
-                str(REPO / "bench" / "trivial_backend.py"),
-                "{port}",
-                str(work / "trivial"),
-            ]
-        )
-        trivial_gw = bench.gateway(
-            "gw-trivial", uri, GATEWAY_BACKEND_COMMAND=trivial_cmd, GATEWAY_LOG_INPUTS="0"
-        )
-        deploy(trivial_gw, "1")
-        trivial_port = http("GET", f"{trivial_gw.url}/get_deployed_models")[1][key]["port"]
-        nginx_port = free_port()
-        nginx_conf = work / "nginx-proxy.conf"
-        nginx_conf.write_text(NGINX_PROXY.format(work=work, upstream=trivial_port, port=nginx_port))
-        bench.spawn(
-            "nginx-proxy",
-            [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(nginx_conf)],
-            dict(os.environ),
-            nginx_port,
-        )
-        wait_for(f"http://127.0.0.1:{nginx_port}/ping")
-        for c in (16, 64):
-            bench.compare("nginx vs gateway (trivial backend)", ("nginx", f"http://127.0.0.1:{nginx_port}/invocations"),
-                          ("gateway", f"{trivial_gw.url}/{key}"), body["1row"], c)  # fmt: skip
-        bench.compare("trivial backend direct vs nginx", ("direct", f"http://127.0.0.1:{trivial_port}/invocations"),
-                      ("nginx", f"http://127.0.0.1:{nginx_port}/invocations"), body["1row"], 64)  # fmt: skip
-
-        print("\n== input logging off vs on (both through a gateway, lean backends)")
-        for c in (16, 64):
-            bench.compare(
-                "logging off vs on",
-                ("off", f"{nolog.url}/{key}"),
-                ("on", f"{lean.url}/{key}"),
-                body["1row"],
-                c,
-            )
-
-        if not args.quick:
-            print("\n== lean backend vs `mlflow models serve`, called directly")
-            for c in (1, 16):
-                bench.compare(
-                    "mlflow serve vs lean backend",
-                    ("mlflow", direct_mlflow),
-                    ("lean", direct_lean),
-                    body["1row"],
-                    c,
-                )
-
-            print(
-                "\n== batching off vs on (1-row calls; direct `mlflow models serve` for reference)"
-            )
-            for c in (1, 64):
-                http("POST", f"{classic.url}/deploy/{MODEL}/1?max_batch_size=1")
-                off = bench.wrk(f"{classic.url}/{key}", body["1row"], c)
-                http(
-                    "POST", f"{classic.url}/deploy/{MODEL}/1?max_batch_size=64&max_batch_delay_ms=2"
-                )
-                bench.compare(
-                    "direct vs gateway+batching",
-                    ("direct", direct_mlflow),
-                    ("batched", f"{classic.url}/{key}"),
-                    body["1row"],
-                    c,
-                )
-                bench.results[-1]["gateway_unbatched"] = off
-            http("POST", f"{classic.url}/deploy/{MODEL}/1?max_batch_size=1")
-
-            print("\n== 1 vs 2 replicas (through the gateway, lean backends)")
-            http("POST", f"{nolog.url}/scale/{key}?replicas=1")
-            one = bench.wrk(f"{nolog.url}/{key}", body["1row"], 64)
-            http("POST", f"{nolog.url}/scale/{key}?replicas=2")
-            row = bench.compare(
-                "1 vs 2 replicas",
-                ("direct-1", direct_lean),
-                ("2 replicas", f"{nolog.url}/{key}"),
-                body["1row"],
-                64,
-            )
-            row["gateway_1_replica"] = one
-            print(
-                f"   gateway with 1 replica: {one['rps']:.0f} rps; with 2: {row['2 replicas']['rps']:.0f} rps"
-                f" (x{row['2 replicas']['rps'] / one['rps']:.2f})"
-            )
-
-            print("\n== deploy-to-ready and memory per deployment (median of 3)")
-            costs = {"lean": deploy_cost(lean, "2", 3), "mlflow": deploy_cost(classic, "2", 3)}
-            for name, cost in costs.items():
-                print(
-                    f"   {name:<7} ready in {cost['deploy_seconds']:.2f} s, {cost['rss_mb']:.0f} MB resident"
-                )
-            print(
-                f"   lean/mlflow: time x{costs['lean']['deploy_seconds'] / costs['mlflow']['deploy_seconds']:.2f},"
-                f" memory x{costs['lean']['rss_mb'] / costs['mlflow']['rss_mb']:.2f}"
-            )
-            bench.results.append({"scenario": "deploy cost", **{k: v for k, v in costs.items()}})
+        setup = Setup(bench, uri, bodies(work))
+        for section in sections:
+            SECTIONS[section](setup)
     finally:
         bench.stop_all()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -430,6 +328,184 @@ def main() -> int:
     print(f"\nresults: {args.out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+KEY = f"{MODEL}-1"
+
+
+class Setup:
+    """Servers started on first use, shared by the sections."""
+
+    def __init__(self, bench: Bench, uri: str, body: dict[str, Path]) -> None:
+        self.bench, self.uri, self.body = bench, uri, body
+        self._gateways: dict[str, Server] = {}
+
+    def gateway(self, name: str, **env: str) -> Server:
+        if name not in self._gateways:
+            gw = self.bench.gateway(name, self.uri, **env)
+            deploy(gw, "1")
+            self._gateways[name] = gw
+        return self._gateways[name]
+
+    def backend_url(self, gw: Server) -> str:
+        port = http("GET", f"{gw.url}/get_deployed_models")[1][KEY]["port"]
+        return f"http://127.0.0.1:{port}/invocations"
+
+    @property
+    def lean(self) -> Server:  # lean backends, input logging on (the defaults)
+        return self.gateway("gw-lean")
+
+    @property
+    def nolog(self) -> Server:
+        return self.gateway("gw-nolog", GATEWAY_LOG_INPUTS="0")
+
+    @property
+    def classic(self) -> Server:  # `mlflow models serve` backends
+        return self.gateway("gw-mlflow", GATEWAY_LAUNCHER="mlflow", GATEWAY_LOG_INPUTS="0")
+
+
+def section_direct(s: Setup) -> None:
+    print("\n== the gateway vs calling `mlflow models serve` directly (same backend)")
+    direct = s.backend_url(s.classic)
+    for rows in ("1row", "100row"):
+        for c in (1, 16, 64):
+            s.bench.compare(
+                "direct vs gateway",
+                ("direct", direct),
+                ("gateway", f"{s.classic.url}/{KEY}"),
+                s.body[rows],
+                c,
+            )
+
+
+def section_trivial(s: Setup) -> None:
+    print("\n== raw proxy capacity: nginx vs the gateway in front of a trivial backend")
+    work = s.bench.work
+    command = json.dumps(
+        [
+            sys.executable,
+            str(REPO / "bench" / "trivial_backend.py"),
+            "{port}",
+            str(work / "trivial"),
+        ]
+    )
+    gw = s.gateway("gw-trivial", GATEWAY_BACKEND_COMMAND=command, GATEWAY_LOG_INPUTS="0")
+    backend = s.backend_url(gw)
+    upstream = int(backend.split(":")[2].split("/")[0])
+    port = free_port()
+    conf = work / "nginx-proxy.conf"
+    conf.write_text(NGINX_PROXY.format(work=work, upstream=upstream, port=port))
+    s.bench.spawn(
+        "nginx-proxy",
+        [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf)],
+        dict(os.environ),
+        port,
+    )
+    wait_for(f"http://127.0.0.1:{port}/ping")
+    nginx = f"http://127.0.0.1:{port}/invocations"
+    for c in (16, 64):
+        s.bench.compare(
+            "nginx vs gateway (trivial backend)",
+            ("nginx", nginx),
+            ("gateway", f"{gw.url}/{KEY}"),
+            s.body["1row"],
+            c,
+        )
+    s.bench.compare(
+        "trivial backend direct vs nginx", ("direct", backend), ("nginx", nginx), s.body["1row"], 64
+    )
+
+
+def section_logging(s: Setup) -> None:
+    print("\n== input logging off vs on (both through a gateway, lean backends)")
+    for c in (16, 64):
+        s.bench.compare(
+            "logging off vs on",
+            ("off", f"{s.nolog.url}/{KEY}"),
+            ("on", f"{s.lean.url}/{KEY}"),
+            s.body["1row"],
+            c,
+        )
+
+
+def section_lean(s: Setup) -> None:
+    print("\n== `mlflow models serve` vs the lean backend, called directly")
+    for c in (1, 16, 64):
+        s.bench.compare(
+            "mlflow serve vs lean backend",
+            ("mlflow", s.backend_url(s.classic)),
+            ("lean", s.backend_url(s.lean)),
+            s.body["1row"],
+            c,
+        )
+
+
+def section_batching(s: Setup) -> None:
+    print("\n== batching: 1-row calls, direct `mlflow models serve` vs gateway with batching")
+    gw, direct = s.classic, s.backend_url(s.classic)
+    for c in (1, 16, 64):
+        http("POST", f"{gw.url}/deploy/{MODEL}/1?max_batch_size=1")
+        unbatched = s.bench.wrk(f"{gw.url}/{KEY}", s.body["1row"], c)
+        http("POST", f"{gw.url}/deploy/{MODEL}/1?max_batch_size=64&max_batch_delay_ms=2")
+        row = s.bench.compare(
+            "direct vs gateway+batching",
+            ("direct", direct),
+            ("batched", f"{gw.url}/{KEY}"),
+            s.body["1row"],
+            c,
+        )
+        row["gateway_unbatched"] = unbatched
+        print(
+            f"   gateway without batching: {unbatched['rps']:.0f} rps, p99 {unbatched['p99_ms']:.1f} ms"
+        )
+    http("POST", f"{gw.url}/deploy/{MODEL}/1?max_batch_size=1")
+
+
+def section_replicas(s: Setup) -> None:
+    print("\n== 1 vs 2 replicas (through the gateway, lean backends)")
+    gw = s.nolog
+    http("POST", f"{gw.url}/scale/{KEY}?replicas=1")
+    one = s.bench.wrk(f"{gw.url}/{KEY}", s.body["1row"], 64)
+    http("POST", f"{gw.url}/scale/{KEY}?replicas=2")
+    two = s.bench.wrk(f"{gw.url}/{KEY}", s.body["1row"], 64)
+    http("POST", f"{gw.url}/scale/{KEY}?replicas=1")
+    row = {
+        "scenario": "1 vs 2 replicas",
+        "connections": 64,
+        "body": "1row",
+        "1 replica": one,
+        "2 replicas": two,
+        "labels": ["1 replica", "2 replicas"],
+        "rps_ratio": two["rps"] / one["rps"],
+        "p50_added_ms": two["p50_ms"] - one["p50_ms"],
+    }
+    s.bench.results.append(row)
+    print(format_row(row))
+
+
+def section_deploy(s: Setup) -> None:
+    print("\n== deploy-to-ready and memory per deployment (median of 3)")
+    costs = {"lean": deploy_cost(s.lean, "2", 3), "mlflow": deploy_cost(s.classic, "2", 3)}
+    for name, cost in costs.items():
+        print(
+            f"   {name:<7} ready in {cost['deploy_seconds']:.2f} s, {cost['rss_mb']:.0f} MB resident"
+        )
+    print(
+        f"   lean/mlflow: time x{costs['lean']['deploy_seconds'] / costs['mlflow']['deploy_seconds']:.2f},"
+        f" memory x{costs['lean']['rss_mb'] / costs['mlflow']['rss_mb']:.2f}"
+    )
+    s.bench.results.append({"scenario": "deploy cost", **costs})
+
+
+SECTIONS = {
+    "direct": section_direct,
+    "trivial": section_trivial,
+    "logging": section_logging,
+    "lean": section_lean,
+    "batching": section_batching,
+    "replicas": section_replicas,
+    "deploy": section_deploy,
+}
 
 
 NGINX_PROXY = """

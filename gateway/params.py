@@ -62,6 +62,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 async def read_body(request: web.Request) -> bytes:
     """The whole request body, within the size limit and the body timeout."""
+    if request.content.is_eof():
+        return await request.read()  # already here, as small bodies usually are
     try:
         async with asyncio.timeout(request.app[SETTINGS].body_timeout):
             return await request.read()

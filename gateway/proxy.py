@@ -47,11 +47,17 @@ _HOP_BY_HOP = frozenset(
 _FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING)
 
 
-def new_client_session(max_connections: int, backend_timeout: float) -> aiohttp.ClientSession:
-    """The one pooled session every proxied call uses."""
+def new_client_session(
+    max_connections: int, backend_timeout: float, per_backend: int = 0
+) -> aiohttp.ClientSession:
+    """The one pooled session every proxied call uses.
+
+    `per_backend` caps the connections (so the calls in flight) to each backend;
+    callers beyond it wait in the pool's queue, in order.
+    """
     connector = aiohttp.TCPConnector(
         limit=max_connections,
-        limit_per_host=0,
+        limit_per_host=per_backend,
         # Below uvicorn's 5 s keep-alive, so we drop an idle connection before the
         # backend does and rarely race its close.
         keepalive_timeout=4.0,

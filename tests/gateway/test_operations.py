@@ -91,7 +91,7 @@ def test_request_id_is_passed_on_echoed_and_logged(gateway: Gateway) -> None:
     assert reply.status == 200
     assert reply.headers["x-request-id"] == "trace-abc.123"
     made = gateway.get("/get_deployed_models").headers["x-request-id"]
-    assert len(made) == 32
+    assert len(made) == 32 and made != gateway.get("/health").headers["x-request-id"]
     error = gateway.post("/nope-1", json_body={}, headers={"X-Request-ID": "bad id with spaces"})
     assert error.status == 404 and error.headers["x-request-id"] != "bad id with spaces"
 
