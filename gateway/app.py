@@ -24,7 +24,6 @@ from .errors import error_middleware
 from .inference_log import InferenceLogger
 from .keys import (
     BATCHERS,
-    CLIENT_SESSION,
     INFERENCE_LOG,
     MANAGER,
     METRICS,
@@ -33,6 +32,7 @@ from .keys import (
     SETTINGS,
     STATE_STORE,
     STORE,
+    UPSTREAM,
 )
 from .launchers import command_factory
 from .metrics import GatewayMetrics
@@ -40,6 +40,7 @@ from .registry import Registry
 from .request_context import echo_request_id
 from .settings import Settings
 from .store.base import Store
+from .upstream import UpstreamPool
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +102,12 @@ async def _inference_log(app: web.Application) -> AsyncIterator[None]:
     await log.close()
 
 
-async def _client_session(app: web.Application) -> AsyncIterator[None]:
+async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    session = proxy.new_client_session(
-        settings.max_connections, settings.backend_timeout, settings.backend_concurrency
-    )
-    app[CLIENT_SESSION] = session
+    pool = UpstreamPool(read_timeout=settings.backend_timeout, max_idle=settings.max_connections)
+    app[UPSTREAM] = pool
     yield
-    await session.close()
+    await pool.close()
 
 
 async def _manager(app: web.Application) -> AsyncIterator[None]:
@@ -197,7 +196,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(_data_store)
     app.cleanup_ctx.append(_inference_log)
-    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_upstream_pool)
     app.cleanup_ctx.append(_manager)
     management.add_routes(app)
     data_api.add_routes(app)

@@ -26,7 +26,7 @@ from aiohttp import web
 from supervisor.deployment import Deployment
 
 from .errors import BackendUnavailable, GatewayError, ModelNotReady
-from .keys import BATCHERS, CLIENT_SESSION
+from .keys import BATCHERS, UPSTREAM
 from .proxy import post_bytes
 
 logger = logging.getLogger(__name__)
@@ -205,9 +205,7 @@ class Batcher:
             raise ModelNotReady(
                 f"{self.deployment.key!r} has no backend ready", headers={"Retry-After": "5"}
             )
-        return await post_bytes(
-            self.app[CLIENT_SESSION], replica, body, {"Content-Type": content_type}
-        )
+        return await post_bytes(self.app[UPSTREAM], replica, body, content_type)
 
     async def close(self) -> None:
         if self._linger is not None:

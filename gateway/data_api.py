@@ -23,7 +23,7 @@ from .errors import (
     BadRequest,
     GatewayError,
 )
-from .keys import CLIENT_SESSION, SETTINGS, STORE
+from .keys import SETTINGS, STORE, UPSTREAM
 from .params import read_body, read_json_object, resolve_key, single_query
 from .proxy import lookup, post_bytes
 from .quality.metrics import compute_metrics
@@ -192,9 +192,8 @@ async def _predict(request: web.Request, payload: dict[str, Any]) -> list[Any]:
     """Predictions for `payload` through the same pooled path as inference."""
     _, replica = lookup(request)
     status, body, _ = await post_bytes(
-        request.app[CLIENT_SESSION], replica, json.dumps(payload).encode(),
-        {"Content-Type": "application/json"},
-    )  # fmt: skip
+        request.app[UPSTREAM], replica, json.dumps(payload).encode(), "application/json"
+    )
     if status >= 400:
         detail = body.decode("utf-8", "replace")[:2000]
         raise PredictionFailed(f"the model rejected the inputs ({status}): {detail}")

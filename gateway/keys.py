@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
 from supervisor.deployment import Deployment
@@ -14,10 +13,10 @@ from .metrics import GatewayMetrics
 from .registry import Registry
 from .settings import Settings
 from .store.base import Store
+from .upstream import UpstreamPool
 
 SETTINGS = web.AppKey("settings", Settings)
 STATE_STORE = web.AppKey("state_store", StateStore)
-CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 MANAGER = web.AppKey("manager", Manager)
 REGISTRY = web.AppKey("registry", Registry)
 # The routing table the proxy reads: the manager's own dict, looked up by exact key.
@@ -28,3 +27,5 @@ INFERENCE_LOG = web.AppKey("inference_log", InferenceLogger | None)  # type: ign
 METRICS = web.AppKey("metrics", GatewayMetrics)
 # Adaptive batchers of the deployments that enabled batching, by key.
 BATCHERS = web.AppKey("batchers", dict)  # dict[str, gateway.batching.Batcher]
+# The keep-alive connection pool every call to a backend goes through.
+UPSTREAM = web.AppKey("upstream", UpstreamPool)

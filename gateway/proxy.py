@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
-import aiohttp
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from supervisor.deployment import Deployment, Replica
 
@@ -25,10 +25,11 @@ from .errors import (
     GatewayError,
     ModelNotReady,
 )
-from .keys import BATCHERS, CLIENT_SESSION, INFERENCE_LOG, METRICS, ROUTES
+from .keys import BATCHERS, INFERENCE_LOG, METRICS, ROUTES, UPSTREAM
 from .metrics import UNKNOWN_KEY, KeyMetrics
 from .params import read_body
-from .request_context import REQUEST_ID_HEADER, request_id
+from .request_context import request_id
+from .upstream import UpstreamConnectError, UpstreamError, UpstreamPool
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,32 +46,6 @@ _HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 _FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING)
-
-
-def new_client_session(
-    max_connections: int, backend_timeout: float, per_backend: int = 0
-) -> aiohttp.ClientSession:
-    """The one pooled session every proxied call uses.
-
-    `per_backend` caps the connections (so the calls in flight) to each backend;
-    callers beyond it wait in the pool's queue, in order.
-    """
-    connector = aiohttp.TCPConnector(
-        limit=max_connections,
-        limit_per_host=per_backend,
-        # Below uvicorn's 5 s keep-alive, so we drop an idle connection before the
-        # backend does and rarely race its close.
-        keepalive_timeout=4.0,
-        ttl_dns_cache=None,
-        use_dns_cache=True,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=backend_timeout),
-        auto_decompress=False,
-        skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING, hdrs.ACCEPT),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
 
 
 def lookup(request: web.Request) -> tuple[Deployment, Replica]:
@@ -90,14 +65,17 @@ def lookup(request: web.Request) -> tuple[Deployment, Replica]:
     return deployment, replica
 
 
-def _request_headers(request: web.Request) -> dict[str, str]:
+def _request_headers(request: web.Request) -> str:
+    """The header lines sent to the backend: end-to-end ones, the id, X-Forwarded-For."""
     incoming = request.headers
-    headers = {name: incoming[name] for name in _FORWARDED_REQUEST_HEADERS if name in incoming}
-    headers[REQUEST_ID_HEADER] = request_id(request)
+    lines = [
+        f"{name}: {incoming[name]}\r\n" for name in _FORWARDED_REQUEST_HEADERS if name in incoming
+    ]
     remote = request.remote or ""
     previous = incoming.get(hdrs.X_FORWARDED_FOR)
-    headers[hdrs.X_FORWARDED_FOR] = f"{previous}, {remote}" if previous else remote
-    return headers
+    lines.append(f"X-Request-ID: {request_id(request)}\r\n")
+    lines.append(f"X-Forwarded-For: {previous + ', ' + remote if previous else remote}\r\n")
+    return "".join(lines)
 
 
 @contextlib.contextmanager
@@ -105,98 +83,72 @@ def backend_errors(replica: Replica) -> Iterator[None]:
     """Map transport failures of a call to `replica` to 503/504 JSON errors."""
     try:
         yield
-    except aiohttp.ClientConnectorError as exc:
+    except UpstreamConnectError as exc:
         raise BackendUnavailable(
-            f"the backend on port {replica.port} refused the connection: {exc.os_error}",
+            f"the backend on port {replica.port} refused the connection",
             headers={"Retry-After": "1"},
         ) from exc
     except TimeoutError as exc:
         raise BackendTimeout(f"the backend on port {replica.port} did not answer in time") from exc
-    except aiohttp.ClientError as exc:
+    except UpstreamError as exc:
         raise BackendUnavailable(
-            f"the backend on port {replica.port} failed mid-call: {exc!r}",
+            f"the backend on port {replica.port} failed mid-call: {exc}",
             headers={"Retry-After": "1"},
         ) from exc
 
 
-async def _once_more_if_dropped(call: Callable[[], Awaitable[T]]) -> T:
-    """Run `call`; again once if a pooled keep-alive connection was closed under it.
-
-    The backend closed an idle connection just as we reused it: no answer was
-    started, so one retry is safe (a prediction has no side effect).
-    """
-    try:
-        return await call()
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise
-        return await call()
-
-
 async def post_bytes(
-    session: aiohttp.ClientSession, replica: Replica, body: bytes, headers: dict[str, str]
+    pool: UpstreamPool, replica: Replica, body: bytes, content_type: str
 ) -> tuple[int, bytes, str]:
     """POST `body` to the replica's /invocations; (status, answer bytes, content type)."""
-
-    async def call() -> tuple[int, bytes, str]:
-        async with session.post(replica.invocations_url, data=body, headers=headers) as resp:
-            payload = await resp.read()
-            return resp.status, payload, resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
-
     replica.in_flight += 1
     try:
         with backend_errors(replica):
-            return await _once_more_if_dropped(call)
+            answer = await pool.request(
+                replica.host, replica.port, "POST", "/invocations",
+                f"Content-Type: {content_type}\r\n", body,
+            )  # fmt: skip
+            payload = answer.body
+            if answer.streaming:
+                payload = b"".join([chunk async for chunk in answer.iter_chunks()])
     finally:
         replica.in_flight -= 1
+    answer_type = next(
+        (v for k, v in answer.headers if k.lower() == "content-type"), "application/json"
+    )
+    return answer.status, payload, answer_type
 
 
 async def forward(
     request: web.Request,
     replica: Replica,
     method: str,
-    url: str,
+    path: str,
     body: bytes | None,
     timing: KeyMetrics | None = None,
 ) -> web.StreamResponse:
     """Send one call to `replica` and relay its answer; 503/504 on transport failure."""
-    session = request.app[CLIENT_SESSION]
-    headers = _request_headers(request)
+    pool = request.app[UPSTREAM]
     replica.in_flight += 1
     started = time.perf_counter()
     try:
         with backend_errors(replica):
-            return await _once_more_if_dropped(
-                lambda: _exchange(request, session, method, url, body, headers)
+            answer = await pool.request(
+                replica.host, replica.port, method, path, _request_headers(request), body
             )
+            headers = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in _HOP_BY_HOP)
+            if not answer.streaming:
+                return web.Response(status=answer.status, body=answer.body, headers=headers)
+            response = web.StreamResponse(status=answer.status, headers=headers)
+            await response.prepare(request)
+            async for chunk in answer.iter_chunks():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
     finally:
         replica.in_flight -= 1
         if timing is not None:
             timing.backend.observe(time.perf_counter() - started)
-
-
-async def _exchange(
-    request: web.Request,
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    body: bytes | None,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    async with session.request(method, url, data=body, headers=headers) as upstream:
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
-        length = upstream.content_length
-        if length is not None and length <= STREAM_THRESHOLD:
-            payload = await upstream.read()
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
-        response = web.StreamResponse(status=upstream.status, headers=out_headers)
-        if length is not None:
-            response.content_length = length
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
-            await response.write(chunk)
-        await response.write_eof()
-        return response
 
 
 def _timing(request: web.Request, key: str) -> KeyMetrics | None:
@@ -223,9 +175,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
                 body, request.headers.get(hdrs.CONTENT_TYPE, "application/json")
             )
         if response is None:
-            response = await forward(
-                request, replica, "POST", replica.invocations_url, body, timing
-            )
+            response = await forward(request, replica, "POST", "/invocations", body, timing)
         status = response.status
         log = request.app[INFERENCE_LOG]
         if log is not None and 200 <= status < 300:
@@ -253,7 +203,7 @@ async def backend_get(request: web.Request) -> web.StreamResponse:
     """GET /{key}/ping|health|version: the backend's own endpoints."""
     _, replica = lookup(request)
     path = request.match_info["endpoint"]
-    return await forward(request, replica, "GET", f"{replica.base_url}/{path}", None)
+    return await forward(request, replica, "GET", f"/{path}", None)
 
 
 def add_routes(app: web.Application) -> None:

@@ -68,11 +68,6 @@ class Settings(BaseSettings):
     max_connections: int = Field(512, ge=1, validation_alias=_env("GATEWAY_MAX_CONNECTIONS"))
     """Keep-alive connections the shared client pool may hold to all backends."""
 
-    backend_concurrency: int = Field(0, ge=0, validation_alias=_env("GATEWAY_BACKEND_CONCURRENCY"))
-    """Calls in flight per backend process (0: no limit). Others wait in the gateway:
-    MLflow's server answers more calls per second with few at a time than with many
-    threads fighting over one interpreter lock."""
-
     max_body_mb: float = Field(64.0, gt=0, validation_alias=_env("GATEWAY_MAX_BODY_MB"))
     """Largest request body accepted, in MiB; larger bodies get 413."""
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import proxy
 from gateway.errors import error_middleware
-from gateway.keys import BATCHERS, CLIENT_SESSION, INFERENCE_LOG, ROUTES, SETTINGS
+from gateway.keys import BATCHERS, INFERENCE_LOG, ROUTES, SETTINGS, UPSTREAM
 from gateway.settings import Settings
+from gateway.upstream import UpstreamPool
 from supervisor.deployment import Deployment, Replica
 from supervisor.ports import DeploymentRecord
 from supervisor.states import State
@@ -89,12 +89,12 @@ async def make_gateway() -> GatewayFactory:
         app[BATCHERS] = {}
         app[SETTINGS] = Settings()
 
-        async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-            app[CLIENT_SESSION] = proxy.new_client_session(8, read_timeout)
+        async def pool_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+            app[UPSTREAM] = UpstreamPool(read_timeout=read_timeout)
             yield
-            await app[CLIENT_SESSION].close()
+            await app[UPSTREAM].close()
 
-        app.cleanup_ctx.append(session_ctx)
+        app.cleanup_ctx.append(pool_ctx)
         proxy.add_routes(app)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
@@ -228,11 +228,69 @@ def test_pick_prefers_least_outstanding_and_skips_unroutable() -> None:
     assert dep.pick() is None
 
 
-async def test_session_is_shared_not_per_request(backend: TestServer, make_gateway) -> None:
+async def test_connections_are_pooled_not_per_request(backend: TestServer, make_gateway) -> None:
     gw = await make_gateway({"m-1": deployment("m-1", running_replica(backend.port))})
-    session: aiohttp.ClientSession = gw.app[CLIENT_SESSION]
+    pool: UpstreamPool = gw.app[UPSTREAM]
     for _ in range(5):
         assert (await gw.post("/m-1", data=b"{}")).status == 200
-    assert gw.app[CLIENT_SESSION] is session
     # All five calls reused one keep-alive connection.
-    assert len(session.connector._conns) == 1  # type: ignore[union-attr]
+    assert len(pool._all) == 1
+    assert len(pool._idle[("127.0.0.1", backend.port)]) == 1
+
+
+async def test_a_backend_that_closes_idle_connections_is_retried_transparently(
+    make_gateway,
+) -> None:
+    # A backend that answers once per connection and closes it right after: a reused
+    # connection is found dead, and the call goes out again on a fresh one.
+    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    server = await asyncio.start_server(answer_and_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway({"m-1": deployment("m-1", running_replica(port))})
+        for _ in range(3):
+            resp = await gw.post("/m-1", data=b"{}")
+            assert resp.status == 200 and await resp.read() == b"{}"
+            await asyncio.sleep(0.1)  # the backend has closed the idle connection by now
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_chunked_answers_stream_through(make_gateway) -> None:
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(50):
+            await resp.write(f"line {i}\n".encode())
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/invocations", chunked)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        gw = await make_gateway({"m-1": deployment("m-1", running_replica(server.port))})
+        resp = await gw.post("/m-1", data=b"{}")
+        assert resp.status == 200
+        assert await resp.text() == "".join(f"line {i}\n" for i in range(50))
+    finally:
+        await server.close()
