@@ -122,12 +122,18 @@ class Bench:
     duration: float
     rounds: int
     pin: tuple[str, str] | None
+    pin_mode: str = "backend"
     servers: list[Server] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], port: int) -> Server:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], port: int, front: bool = False
+    ) -> Server:
+        """Start a server; `front` ones (proxies) share the load generator's core in
+        `backend` pinning, so the model backends keep theirs."""
         if self.pin:
-            argv = ["taskset", "-c", self.pin[0], *argv]
+            core = self.pin[1] if front and self.pin_mode == "backend" else self.pin[0]
+            argv = ["taskset", "-c", core, *argv]
         log = open(self.work / f"{name}.log", "wb")
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
@@ -140,12 +146,18 @@ class Bench:
         start = 20000 + len(self.servers) * 20
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "GATEWAY_PORT": str(port),
                "START_PORT": str(start), "END_PORT": str(start + 9),
-               "GATEWAY_DATA_DIR": str(self.work / name), "GATEWAY_LOG_LEVEL": "WARNING",
-               **extra}  # fmt: skip
+               "GATEWAY_DATA_DIR": str(self.work / name), **extra}  # fmt: skip
+        # The gateway starts on the backends' cores, so the backends it spawns inherit
+        # them; `repin_front` then moves the gateway itself (see `main`).
         server = self.spawn(name, [sys.executable, "-m", "gateway", "serve"], env, port)
-        # The access log is one JSON line per request on stdout: keep it, like production.
         wait_for(f"{server.url}/health")
         return server
+
+    def repin_front(self, server: Server) -> None:
+        """Move a gateway (every thread) to the load generator's core; its backends stay."""
+        if self.pin and self.pin_mode == "backend":
+            subprocess.run(["taskset", "-a", "-p", "-c", self.pin[1], str(server.proc.pid)],
+                           check=True, capture_output=True)  # fmt: skip
 
     def stop_all(self) -> None:
         for server in reversed(self.servers):
@@ -272,9 +284,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--pin",
-        choices=("split", "none"),
-        default="split",
-        help="split: wrk on the last core, servers on the others; none: no pinning",
+        choices=("backend", "split", "none"),
+        default="backend",
+        help="backend (default): model backends on their own cores, wrk, the gateway and nginx "
+        "on the last one, so a backend has the same CPU whether called directly or through a proxy; "
+        "split: wrk alone on the last core, every server on the others; none: no pinning",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "latest.json")
     args = parser.parse_args()
@@ -290,12 +304,21 @@ def main() -> int:
             return 2
 
     work = Path(tempfile.mkdtemp(prefix="modelgw-bench-"))
-    bench = Bench(work, args.duration, args.rounds, cpus() if args.pin == "split" else None)
+    bench = Bench(
+        work, args.duration, args.rounds, cpus() if args.pin != "none" else None, args.pin
+    )
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}"
     )
     print(
-        f"pinning: {'servers on cores ' + bench.pin[0] + ', wrk on core ' + bench.pin[1] if bench.pin else 'none'}"
+        f"pinning ({args.pin}): "
+        + (
+            "none"
+            if not bench.pin
+            else f"model backends on cores {bench.pin[0]}; wrk, gateways and nginx on core {bench.pin[1]}"
+            if args.pin == "backend"
+            else f"wrk on core {bench.pin[1]}; every server on cores {bench.pin[0]}"
+        )
     )
     try:
         from gateway.demo import train_and_register
@@ -344,6 +367,7 @@ class Setup:
         if name not in self._gateways:
             gw = self.bench.gateway(name, self.uri, **env)
             deploy(gw, "1")
+            self.bench.repin_front(gw)
             self._gateways[name] = gw
         return self._gateways[name]
 
@@ -389,7 +413,13 @@ def section_trivial(s: Setup) -> None:
             str(work / "trivial"),
         ]
     )
-    gw = s.gateway("gw-trivial", GATEWAY_BACKEND_COMMAND=command, GATEWAY_LOG_INPUTS="0")
+    # Access logs off on both sides (nginx: access_log off) for raw capacity.
+    gw = s.gateway(
+        "gw-trivial",
+        GATEWAY_BACKEND_COMMAND=command,
+        GATEWAY_LOG_INPUTS="0",
+        GATEWAY_LOG_LEVEL="WARNING",
+    )
     backend = s.backend_url(gw)
     upstream = int(backend.split(":")[2].split("/")[0])
     port = free_port()
@@ -400,6 +430,7 @@ def section_trivial(s: Setup) -> None:
         [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf)],
         dict(os.environ),
         port,
+        front=True,
     )
     wait_for(f"http://127.0.0.1:{port}/ping")
     nginx = f"http://127.0.0.1:{port}/invocations"
