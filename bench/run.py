@@ -340,6 +340,7 @@ def main() -> int:
                     "cores": os.cpu_count(),
                     "python": platform.python_version(),
                     "pinning": bench.pin,
+                    "pin_mode": args.pin,
                     "duration_s": args.duration,
                     "rounds": args.rounds,
                 },
