@@ -109,15 +109,8 @@ class Manager:
                 record, [Replica(i, port, self.config.host) for i, port in enumerate(ports)]
             )
             self.table[record.key] = deployment
-            loop = asyncio.get_running_loop()
-            firsts = [loop.create_future() for _ in deployment.replicas]
-            for replica, first in zip(deployment.replicas, firsts, strict=True):
-                replica.task = asyncio.create_task(
-                    self._keep_alive(deployment, replica, first_start=first),
-                    name=f"keep-alive {record.key}#{replica.index}",
-                )
             try:
-                await asyncio.gather(*firsts)
+                await self._launch(deployment, deployment.replicas)
             except BaseException:
                 self.table.pop(record.key, None)
                 await self._stop_all(deployment)
@@ -200,9 +193,25 @@ class Manager:
         indexes = list(range(first_index, first_index + count))
         ports = await self._store.add_replicas(deployment.key, indexes)
         added = [Replica(i, p, self.config.host) for i, p in zip(indexes, ports, strict=True)]
+        try:
+            await self._launch(deployment, added)
+        except BaseException:
+            await asyncio.gather(*(self._stop_replica(deployment, r) for r in added))
+            for replica in added:
+                await self._store.remove_replica(deployment.key, replica.index)
+            raise
+        return added
+
+    async def _launch(self, deployment: Deployment, replicas: list[Replica]) -> None:
+        """Give each replica its owner task and wait until all are ready.
+
+        The first failure is raised; the caller stops what did start.
+        """
         loop = asyncio.get_running_loop()
-        firsts = [loop.create_future() for _ in added]
-        for replica, first in zip(added, firsts, strict=True):
+        firsts: list[asyncio.Future[None]] = []
+        for replica in replicas:
+            first: asyncio.Future[None] = loop.create_future()
+            firsts.append(first)
             replica.task = asyncio.create_task(
                 self._keep_alive(deployment, replica, first_start=first),
                 name=f"keep-alive {deployment.key}#{replica.index}",
@@ -210,11 +219,12 @@ class Manager:
         try:
             await asyncio.gather(*firsts)
         except BaseException:
-            await asyncio.gather(*(self._stop_replica(deployment, r) for r in added))
-            for replica in added:
-                await self._store.remove_replica(deployment.key, replica.index)
+            for first in firsts:  # nobody will await the others: mark them seen
+                if not first.done():
+                    first.cancel()
+                elif not first.cancelled():
+                    first.exception()
             raise
-        return added
 
     async def _retire(self, deployment: Deployment, replicas: list[Replica]) -> None:
         """Stop replicas already out of the rotation, after their calls finish."""
@@ -248,7 +258,8 @@ class Manager:
             except BackendStartError as exc:
                 replica.last_error = f"{exc}\n{exc.log_tail}".strip()
                 if first_start is not None:
-                    first_start.set_exception(exc)
+                    if not first_start.done():
+                        first_start.set_exception(exc)
                     return
                 failures += 1
                 if failures > self.config.max_start_retries:
@@ -273,7 +284,8 @@ class Manager:
             replica.healthy = True
             replica.last_error = None
             if first_start is not None:
-                first_start.set_result(None)
+                if not first_start.done():
+                    first_start.set_result(None)
                 first_start = None
                 self._emit("started", deployment, replica)
             else:
