@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -64,9 +65,18 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def enter_data_dir(settings: Settings) -> None:
+    """Work from inside the data dir: whatever MLflow writes to "./mlruns" by default
+    (it does, for registered models) lands there, never in the caller's folder.
+    Settings hold absolute paths, so nothing else moves."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(settings.data_dir)
+
+
 def serve(settings: Settings, app: web.Application | None = None) -> None:
     from .app import create_app
 
+    enter_data_dir(settings)
     app = app if app is not None else create_app(settings)
     configure_access_log()
     web.run_app(
@@ -86,6 +96,7 @@ def demo(settings: Settings) -> None:
     from .app import create_app
     from .demo import DEMO_MODEL, train_and_register
 
+    enter_data_dir(settings)
     logger.info("registering the demo model in %s", settings.tracking_uri)
     model = train_and_register(
         settings.tracking_uri, DEMO_MODEL, artifact_location=settings.data_dir / "artifacts"

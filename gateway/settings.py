@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +131,26 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", validation_alias=_env("GATEWAY_LOG_LEVEL"))
     """Python logging level of the gateway."""
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _absolute_uri(cls, uri: str | None) -> str | None:
+        """Relative SQLite and file URIs, made absolute before the gateway changes directory."""
+        if not uri:
+            return uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+        if uri.startswith("file:") and not uri.startswith("file:///"):
+            return Path(uri[len("file:") :]).resolve().as_uri()
+        if ":" not in uri and not uri.startswith(("databricks", "uc")):
+            return str(Path(uri).resolve())  # a plain path: MLflow's file store
+        return uri
+
+    @field_validator("data_dir", "htpasswd")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # The gateway runs from inside its data dir (see cli.serve): resolve first.
+        return path.expanduser().resolve() if path is not None else None
 
     @model_validator(mode="after")
     def _check_range(self) -> Settings:
