@@ -61,6 +61,7 @@ class InferenceLogger:
         self._retry: deque[InferenceRecord] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._replay_due = False
 
     # ----------------------------------------------------------------- hot path
 
@@ -96,33 +97,32 @@ class InferenceLogger:
 
     async def _run(self) -> None:
         backoff = self.flush_interval
-        replay_due = bool(await asyncio.to_thread(self.spool.files))
+        self._replay_due = bool(await asyncio.to_thread(self.spool.files))
         while True:
-            if not self.depth and not replay_due:
+            if not self.depth and not self._replay_due:
                 self._wake.clear()
                 await self._wake.wait()
             if len(self._incoming) < self.batch_size:
                 await asyncio.sleep(self.flush_interval)  # let a batch gather
             try:
                 await self._flush()
-                if replay_due:
+                if self._replay_due:
+                    self._replay_due = False
                     await self._replay()
-                    replay_due = False
             except Exception as exc:
                 if not isinstance(exc, self.store.transient_errors):
                     logger.exception("inference log write failed unexpectedly")
                 elif self.stats.store_up:
                     logger.warning("inference store unavailable (%s); keeping records", exc)
                 self.stats.store_up = False
+                self._replay_due = True
                 if self.depth > self.max_pending:
                     await self._spill()
-                    replay_due = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             if not self.stats.store_up:
                 logger.info("inference store is back")
-                replay_due = True
             self.stats.store_up = True
             backoff = self.flush_interval
 
@@ -154,6 +154,9 @@ class InferenceLogger:
                 self.stats.retried += len(batch)
                 raise
             self.stats.written += len(batch)
+            if self.depth > self.max_pending:
+                # The store is up but slower than the traffic: memory stays bounded.
+                await self._spill()
 
     async def _spill(self) -> None:
         """Move every pending record to the spool file."""
@@ -169,6 +172,7 @@ class InferenceLogger:
             logger.error("could not spool %d inference records: %s", len(records), exc)
             return
         self.stats.spooled += len(records)
+        self._replay_due = True
         logger.warning("spooled %d inference records to %s", len(records), self.spool.directory)
 
     async def _replay(self) -> None:
@@ -181,6 +185,11 @@ class InferenceLogger:
                 await asyncio.to_thread(path.rename, path.with_suffix(".damaged"))
                 continue
             for i in range(0, len(records), self.batch_size):
+                if self.depth > self.max_pending // 2:
+                    # Live traffic comes first; the file is replayed whole later
+                    # (records already in are skipped by id).
+                    self._replay_due = True
+                    return
                 await self.store.insert_records(records[i : i + self.batch_size])
             await asyncio.to_thread(self.spool.remove, path)
             self.stats.replayed += len(records)

@@ -143,3 +143,26 @@ async def test_submit_never_blocks_while_the_store_hangs(tmp_path: Path) -> None
     log._task.cancel()  # type: ignore[union-attr]
     await asyncio.wait({log._task})  # type: ignore[arg-type]
     log._task = None
+
+
+async def test_a_store_slower_than_traffic_keeps_memory_bounded(tmp_path: Path) -> None:
+    class SlowStore(FlakyStore):
+        async def insert_records(self, records: Sequence[InferenceRecord]) -> None:
+            await asyncio.sleep(0.02)
+            await super().insert_records(records)
+
+    store = SlowStore()
+    log = InferenceLogger(
+        store, tmp_path / "spool", batch_size=5, flush_interval=0.01, max_pending=20
+    )
+    log.start()
+    deepest = 0
+    for burst in range(10):
+        submit(log, 30, offset=burst * 30)
+        deepest = max(deepest, log.depth)
+        await asyncio.sleep(0.01)
+    # Bounded by max_pending plus what arrives during one store write, not by the traffic.
+    assert deepest < 120
+    await eventually(lambda: len(store.rows) == 300)
+    await log.close()
+    assert log.stats.spooled > 0 and log.stats.lost == 0
