@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .dataset import csv_line, prediction_values, record_rows
+from .dataset import columns_of, csv_chunk, csv_line, jsonl_chunk, prediction_values
 from .errors import (
     BadRequest,
     GatewayError,
@@ -90,34 +90,35 @@ async def dataset(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    buffer: list[str] = []
-
-    async def flush(force: bool = False) -> None:
-        if buffer and (force or len(buffer) >= 500):
-            await response.write("".join(buffer).encode())
-            buffer.clear()
-
+    records = store.iter_records
+    # Parsing and formatting run in a worker thread, a chunk of calls at a time, so a
+    # large export never holds the event loop that serves inference.
     if fmt == "jsonl":
-        async for record in store.iter_records(name, version, start_ts, end_ts):
-            for row in record_rows(record):
-                buffer.append(json.dumps(row) + "\n")
-            await flush()
+        async for chunk in _chunks(records(name, version, start_ts, end_ts)):
+            await response.write((await asyncio.to_thread(jsonl_chunk, chunk)).encode())
     else:
         # Two passes keep memory flat: the first learns the columns, the second writes.
         columns: dict[str, None] = {}
-        async for record in store.iter_records(name, version, start_ts, end_ts):
-            for row in record_rows(record):
-                columns.update(dict.fromkeys(row))
+        async for chunk in _chunks(records(name, version, start_ts, end_ts)):
+            columns.update(await asyncio.to_thread(columns_of, chunk))
         ordered = [c for c in columns if c != "timestamp"] + (["timestamp"] if columns else [])
         if ordered:
-            buffer.append(csv_line(ordered))
-        async for record in store.iter_records(name, version, start_ts, end_ts):
-            for row in record_rows(record):
-                buffer.append(csv_line([row.get(c) for c in ordered]))
-            await flush()
-    await flush(force=True)
+            await response.write(csv_line(ordered).encode())
+        async for chunk in _chunks(records(name, version, start_ts, end_ts)):
+            await response.write((await asyncio.to_thread(csv_chunk, chunk, ordered)).encode())
     await response.write_eof()
     return response
+
+
+async def _chunks(source: AsyncIterator[Any], size: int = 500) -> AsyncIterator[list[Any]]:
+    chunk: list[Any] = []
+    async for item in source:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 # ---------------------------------------------------------------- baselines

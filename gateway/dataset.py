@@ -117,3 +117,22 @@ def csv_line(values: list[Any]) -> str:
         ["" if v is None else json.dumps(v) if isinstance(v, dict | list) else v for v in values]
     )
     return buffer.getvalue()
+
+
+def columns_of(records: list[InferenceRecord]) -> dict[str, None]:
+    """Every column the rows of these calls have, in first-seen order."""
+    columns: dict[str, None] = {}
+    for record in records:
+        for row in record_rows(record):
+            columns.update(dict.fromkeys(row))
+    return columns
+
+
+def csv_chunk(records: list[InferenceRecord], columns: list[str]) -> str:
+    return "".join(
+        csv_line([row.get(c) for c in columns]) for record in records for row in record_rows(record)
+    )
+
+
+def jsonl_chunk(records: list[InferenceRecord]) -> str:
+    return "".join(json.dumps(row) + "\n" for record in records for row in record_rows(record))
