@@ -25,6 +25,7 @@ run: $(STAMP)-install
 lint: $(STAMP)-test
 	$(VENV)/bin/ruff check gateway supervisor tests bench
 	$(VENV)/bin/ruff format --check gateway supervisor tests bench
+	$(VENV)/bin/mypy
 
 format: $(STAMP)-test
 	$(VENV)/bin/ruff format gateway supervisor tests bench

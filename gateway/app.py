@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from supervisor.manager import Manager, SupervisorConfig
 from supervisor.ports import StateStore
@@ -128,7 +129,8 @@ async def _manager(app: web.Application) -> AsyncIterator[None]:
         for deployment in manager.table.values():
             await configure_batching(app, deployment)
         yield
-        for key in list(app[BATCHERS]):
+        batchers: dict[str, object] = app[BATCHERS]
+        for key in list(batchers.keys()):
             await drop_batcher(app, key)
         logger.info("stopping %d deployment(s)", len(manager.table))
         await manager.close()
@@ -169,7 +171,7 @@ async def _freeze_heap(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    middlewares = [error_middleware]
+    middlewares: list[Middleware] = [error_middleware]
     authenticator = make_authenticator(settings)
     if authenticator.enabled:
         scopes = route_scopes()

@@ -23,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from .errors import GatewayError
 
@@ -148,10 +149,7 @@ class Authenticator:
 ScopeOf = Callable[[web.Request], Scope]
 
 
-def auth_middleware(
-    authenticator: Authenticator, scope_of: ScopeOf
-) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
-              Awaitable[web.StreamResponse]]:  # fmt: skip
+def auth_middleware(authenticator: Authenticator, scope_of: ScopeOf) -> Middleware:
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]

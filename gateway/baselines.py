@@ -32,5 +32,5 @@ async def capture_baseline(
             reference = await registry.reference_csv(run_id)
             if reference:
                 await store.set_reference(name, version, reference)
-    except (GatewayError, *store.transient_errors) as exc:
+    except (GatewayError, *store.transient_errors) as exc:  # type: ignore[misc]
         logger.warning("could not record the baseline of %s-%s: %s", name, version, exc)

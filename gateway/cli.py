@@ -34,7 +34,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             f"--{name.replace('_', '-')}",
             dest=name,
             default=None,
-            metavar=env_name,
+            metavar=str(env_name),
             help=f"{field.description or ''} [env {env_name}; default {default}]",
         )
 

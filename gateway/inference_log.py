@@ -91,7 +91,7 @@ class InferenceLogger:
             self._task = None
         try:
             await asyncio.wait_for(self._flush(), timeout)
-        except (TimeoutError, *self.store.transient_errors) as exc:
+        except (TimeoutError, *self.store.transient_errors) as exc:  # type: ignore[misc]
             logger.warning("store unavailable at shutdown (%s); spooling %d", exc, self.depth)
         await self._spill()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from supervisor.deployment import Deployment
@@ -23,9 +25,9 @@ REGISTRY = web.AppKey("registry", Registry)
 ROUTES = web.AppKey("routes", dict[str, Deployment])
 STORE = web.AppKey("store", Store)
 # None when GATEWAY_LOG_INPUTS=0.
-INFERENCE_LOG = web.AppKey("inference_log", InferenceLogger | None)  # type: ignore[arg-type]
+INFERENCE_LOG: web.AppKey[InferenceLogger | None] = web.AppKey("inference_log")
 METRICS = web.AppKey("metrics", GatewayMetrics)
 # Adaptive batchers of the deployments that enabled batching, by key.
-BATCHERS = web.AppKey("batchers", dict)  # dict[str, gateway.batching.Batcher]
+BATCHERS: web.AppKey[dict[str, Any]] = web.AppKey("batchers")  # values: batching.Batcher
 # The keep-alive connection pool every call to a backend goes through.
 UPSTREAM = web.AppKey("upstream", UpstreamPool)

@@ -84,7 +84,10 @@ def lean_factory(settings: Settings) -> CommandFactory:
         uri = f"models:/{record.model_name}/{record.version}"
         path = await asyncio.to_thread(_download, uri, cache / f"{record.key}")
         command, server_env = get_cmd(
-            str(path), port=port, host="127.0.0.1", nworkers=settings.backend_workers
+            str(path),
+            port=port,
+            host="127.0.0.1",  # type: ignore[arg-type]  # MLflow annotates it as int
+            nworkers=settings.backend_workers,
         )
         words = shlex.split(command)
         if not words or words[0] != "uvicorn":

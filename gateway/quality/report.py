@@ -98,7 +98,7 @@ def _feature_plot(feature: str, reference: pd.Series, current: pd.Series, numeri
         ref = pd.to_numeric(reference, errors="coerce").dropna()
         cur = pd.to_numeric(current, errors="coerce").dropna()
         # Shared bin edges, so the two histograms compare bar for bar.
-        bins = np.histogram_bin_edges(pd.concat([ref, cur]).to_numpy(dtype=float), bins=20)
+        bins = np.histogram_bin_edges(pd.concat([ref, cur]).to_numpy(dtype=float), bins=20).tolist()
         ax.hist(ref, bins=bins, alpha=0.55, density=True, label=f"reference (n={len(ref)})")
         if len(cur):
             ax.hist(cur, bins=bins, alpha=0.55, density=True, label=f"recent (n={len(cur)})")
@@ -213,7 +213,7 @@ def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
 
     plots: dict[str, bytes] = {}
     if not reference.empty and not current.empty:
-        recent = current[current["_ts"] >= inp.now - drift.WINDOWS["last_month"]]
+        recent = current[current["_ts"] >= inp.now - 30 * drift.DAY]
         if recent.empty:
             recent = current
         for feature in drift.features_of(reference, current)[:MAX_PLOTTED_FEATURES]:

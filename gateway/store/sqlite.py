@@ -91,7 +91,7 @@ class SQLiteStore(Store):
         async with self._write_lock:
             await self._insert(rows)
 
-    async def _insert(self, rows: list[tuple[object, ...]]) -> None:
+    async def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
         try:
             await self.db.executemany(
                 "INSERT OR IGNORE INTO inference_log"
