@@ -136,13 +136,22 @@ async def _manager(app: web.Application) -> AsyncIterator[None]:
         await manager.close()
 
 
+def _htpasswd(settings: Settings) -> dict[str, bytes] | None:
+    if settings.htpasswd is None:
+        return None
+    try:
+        return load_htpasswd(settings.htpasswd)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"GATEWAY_HTPASSWD: {exc}") from None
+
+
 def make_authenticator(settings: Settings) -> Authenticator:
     return Authenticator(
         admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
         inference_token=(
             settings.inference_token.get_secret_value() if settings.inference_token else None
         ),
-        htpasswd=load_htpasswd(settings.htpasswd) if settings.htpasswd else None,
+        htpasswd=_htpasswd(settings),
         metrics_need_auth=settings.metrics_auth,
     )
 

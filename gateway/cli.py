@@ -79,6 +79,14 @@ def serve(settings: Settings, app: web.Application | None = None) -> None:
     enter_data_dir(settings)
     app = app if app is not None else create_app(settings)
     configure_access_log()
+    try:
+        _run(settings, app)
+    except OSError as exc:
+        # Most often the port is taken: say so instead of a traceback.
+        raise SystemExit(f"cannot serve on {settings.host}:{settings.port}: {exc}") from None
+
+
+def _run(settings: Settings, app: web.Application) -> None:
     web.run_app(
         app,
         host=settings.host,
