@@ -38,7 +38,7 @@ from .keys import (
 from .launchers import command_factory
 from .metrics import GatewayMetrics
 from .registry import Registry
-from .request_context import echo_request_id
+from .request_context import echo_request_id, flush_periodically
 from .settings import Settings
 from .store.base import Store
 from .upstream import UpstreamPool
@@ -204,6 +204,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[BATCHERS] = {}
     app.on_response_prepare.append(echo_request_id)
+    app.cleanup_ctx.append(flush_periodically)
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(_data_store)
     app.cleanup_ctx.append(_inference_log)

@@ -6,6 +6,7 @@ here; it goes to the backend, back to the caller, and into the access log.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -13,6 +14,8 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from typing import TextIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -48,37 +51,112 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
 
 
 class JsonAccessLogger(AbstractAccessLogger):
-    """One JSON object per request on the `gateway.access` logger."""
+    """One JSON object per request on the `gateway.access` logger.
+
+    The request only records a tuple; the line is formatted and written with
+    the others of its block (see BlockWriteHandler), off the request's path.
+    """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
         try:
             key = request.match_info.get("key")  # type: ignore[attr-defined]
         except (AttributeError, AssertionError):
             key = None  # a request the HTTP parser refused never reached routing
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
-            "method": request.method,
-            "path": request.path,
-            "key": key,
-            "status": response.status,
-            "duration_ms": round(time_ * 1000, 3),
-            "bytes_in": request.content_length or 0,
-            "bytes_out": response.body_length,
-            "request_id": request.get(REQUEST_ID),
-            "remote": request.remote,
-        }
-        self.logger.info(json.dumps(entry, separators=(",", ":")))
+        entry = (
+            time.time(), request.method, request.path, key, response.status,
+            round(time_ * 1000, 3), request.content_length or 0, response.body_length,
+            request.get(REQUEST_ID), request.remote,
+        )  # fmt: skip
+        if _handler is not None and access_logger.handlers == [_handler]:
+            _handler.add(entry)
+        else:
+            self.logger.info(format_entry(entry))
 
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
 
 
+_FIELDS = ("method", "path", "key", "status", "duration_ms", "bytes_in", "bytes_out",
+           "request_id", "remote")  # fmt: skip
+
+
+def format_entry(entry: tuple[object, ...]) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry[0])) + "Z"  # type: ignore[arg-type]
+    return json.dumps({"time": stamp, **dict(zip(_FIELDS, entry[1:], strict=True))},
+                      separators=(",", ":"))  # fmt: skip
+
+
+class BlockWriteHandler(logging.StreamHandler[TextIO]):
+    """Writes access lines in blocks: one write per flush, not one per request.
+
+    Flushed when `max_lines` wait, and every `interval` by `flush_periodically`,
+    so a quiet gateway's lines still appear promptly.
+    """
+
+    def __init__(self, stream: TextIO, max_lines: int = 256) -> None:
+        super().__init__(stream)
+        self.max_lines = max_lines
+        self._lines: list[str | tuple[object, ...]] = []
+
+    def add(self, entry: tuple[object, ...]) -> None:
+        """A raw access entry, formatted at flush time."""
+        self._lines.append(entry)
+        if len(self._lines) >= self.max_lines:
+            self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._lines) >= self.max_lines:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        self.acquire()
+        try:
+            lines, self._lines = self._lines, []
+            self.stream.write(
+                "".join(
+                    line if isinstance(line, str) else format_entry(line) + self.terminator
+                    for line in lines
+                )
+            )
+            self.stream.flush()
+        finally:
+            self.release()
+
+
+_handler: BlockWriteHandler | None = None
+
+
 def configure_access_log() -> None:
     """Access lines are bare JSON on stdout, apart from the human-readable app log."""
-    if access_logger.handlers:
+    global _handler
+    if _handler is not None:
         return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_logger.addHandler(handler)
+    _handler = BlockWriteHandler(sys.stdout)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    access_logger.addHandler(_handler)
     access_logger.propagate = False
+
+
+async def flush_periodically(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx entry: flush the access log every 0.2 s, and at shutdown."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            if _handler is not None:
+                _handler.flush()
+
+    task = asyncio.create_task(loop(), name="access-log-flush")
+    yield
+    task.cancel()
+    await asyncio.wait({task})
+    if _handler is not None:
+        _handler.flush()
