@@ -108,7 +108,7 @@ class BlockWriteHandler(logging.StreamHandler[TextIO]):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._lines.append(self.format(record) + self.terminator)
-        except Exception:
+        except (TypeError, ValueError, KeyError):  # a malformed record; logging's own policy
             self.handleError(record)
             return
         if len(self._lines) >= self.max_lines:
