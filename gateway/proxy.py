@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import TypeVar
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -32,11 +31,7 @@ from .request_context import request_id
 from .upstream import UpstreamConnectError, UpstreamError, UpstreamPool
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# Answers up to this size are read whole (one write back); larger ones stream.
-STREAM_THRESHOLD = 1 << 20
-STREAM_CHUNK = 1 << 16
 
 _HOP_BY_HOP = frozenset(
     h.lower()

@@ -287,11 +287,6 @@ class UpstreamPool:
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
-    def forget(self, host: str, port: int) -> None:
-        """Close the idle connections to a backend that is going away."""
-        for conn in self._idle.pop((host, port), []):
-            conn.abort()
-
     async def close(self) -> None:
         for conn in list(self._all):
             conn.abort()

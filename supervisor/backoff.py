@@ -32,6 +32,3 @@ class FlapDetector:
         while self._times and now - self._times[0] > self.window_seconds:
             self._times.popleft()
         return len(self._times) > self.max_restarts
-
-    def reset(self) -> None:
-        self._times.clear()

@@ -32,7 +32,6 @@ class Replica:
 
     def __post_init__(self) -> None:
         self.base_url = f"http://{self.host}:{self.port}"
-        self.invocations_url = f"{self.base_url}/invocations"
 
     @property
     def routable(self) -> bool:

@@ -156,12 +156,6 @@ class StateStore:
                 (record.run_uuid, record.env_manager, json.dumps(record.options), record.key),
             )
 
-    async def update_options(self, key: str, options: dict[str, Any]) -> None:
-        async with self._lock:
-            await self._db.execute(
-                "UPDATE deployments SET options = ? WHERE key = ?", (json.dumps(options), key)
-            )
-
     async def set_pid(self, key: str, replica: int, pid: int | None) -> None:
         async with self._lock:
             await self._db.execute(
