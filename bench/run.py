@@ -321,7 +321,7 @@ def main() -> int:
         )
     )
     try:
-        from gateway.demo import train_and_register
+        from gateway.deploy.demo import train_and_register
 
         uri = f"sqlite:///{work / 'mlflow.db'}"
         train_and_register(uri, MODEL, artifact_location=work / "artifacts", reuse=False)

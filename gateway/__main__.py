@@ -1,6 +1,6 @@
 """`python -m gateway` is the `modelgw` command."""
 
-from .cli import main
+from gateway.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,15 +15,9 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from supervisor.manager import Manager, SupervisorConfig
-from supervisor.ports import StateStore
-
-from . import data_api, management, ops, proxy
-from .auth import Authenticator, Scope, auth_middleware, load_htpasswd
-from .batching import configure_batching, drop_batcher
-from .errors import error_middleware
-from .inference_log import InferenceLogger
-from .keys import (
+from gateway.api import data as data_api
+from gateway.api import management, ops
+from gateway.app_keys import (
     BATCHERS,
     INFERENCE_LOG,
     MANAGER,
@@ -35,13 +29,20 @@ from .keys import (
     STORE,
     UPSTREAM,
 )
-from .launchers import command_factory
-from .metrics import GatewayMetrics
-from .registry import Registry
-from .request_context import echo_request_id, flush_periodically
-from .settings import Settings
-from .store.base import Store
-from .upstream import UpstreamPool
+from gateway.dataplane import proxy
+from gateway.dataplane.batching import configure_batching, drop_batcher
+from gateway.dataplane.upstream import UpstreamPool
+from gateway.deploy.launchers import command_factory
+from gateway.deploy.registry import Registry
+from gateway.edge.auth import Authenticator, Scope, auth_middleware, load_htpasswd
+from gateway.edge.request_ids import echo_request_id, flush_periodically
+from gateway.edge.telemetry import GatewayMetrics
+from gateway.errors import error_middleware
+from gateway.records.stores.base import Store
+from gateway.records.writer import InferenceLogger
+from gateway.settings import Settings
+from supervisor.manager import Manager, SupervisorConfig
+from supervisor.state_store import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def supervisor_config(settings: Settings) -> SupervisorConfig:
 
 async def _state_store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = await StateStore.open(settings.state_db, settings.schema_path, settings.port_range)
+    store = await StateStore.open(settings.state_db, settings.port_range)
     app[STATE_STORE] = store
     yield
     await store.close()
@@ -68,10 +69,10 @@ async def _state_store(app: web.Application) -> AsyncIterator[None]:
 def make_store(settings: Settings) -> Store:
     """SQLite by default; MongoDB when MONGODB_URI is set (PyMongo imported only then)."""
     if settings.mongodb_uri:
-        from .store.mongo import MongoStore
+        from gateway.records.stores.mongo import MongoStore
 
         return MongoStore(settings.mongodb_uri, settings.mongodb_database)
-    from .store.sqlite import SQLiteStore
+    from gateway.records.stores.sqlite import SQLiteStore
 
     return SQLiteStore(settings.inference_db)
 

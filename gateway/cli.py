@@ -18,9 +18,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from .demo import DEMO_ROW
-from .request_context import JsonAccessLogger, access_logger, configure_access_log
-from .settings import Settings
+from gateway.deploy.demo import DEMO_ROW
+from gateway.edge.request_ids import JsonAccessLogger, access_logger, configure_access_log
+from gateway.settings import Settings
 
 logger = logging.getLogger("gateway")
 
@@ -74,7 +74,7 @@ def enter_data_dir(settings: Settings) -> None:
 
 
 def serve(settings: Settings, app: web.Application | None = None) -> None:
-    from .app import create_app
+    from gateway.app import create_app
 
     enter_data_dir(settings)
     app = app if app is not None else create_app(settings)
@@ -101,8 +101,8 @@ def _run(settings: Settings, app: web.Application) -> None:
 
 def demo(settings: Settings) -> None:
     """Register the demo model, serve, deploy it, and print how to call it."""
-    from .app import create_app
-    from .demo import DEMO_MODEL, train_and_register
+    from gateway.app import create_app
+    from gateway.deploy.demo import DEMO_MODEL, train_and_register
 
     enter_data_dir(settings)
     logger.info("registering the demo model in %s", settings.tracking_uri)

@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Files that travel inside the wheel (the top-level type_mapping.json links here).
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _env(name: str) -> AliasChoices:
@@ -206,12 +207,8 @@ class Settings(BaseSettings):
         return self.data_dir / "spool"
 
     @property
-    def schema_path(self) -> Path:
-        return PROJECT_ROOT / "schema.sql"
-
-    @property
     def type_mapping_path(self) -> Path:
-        return PROJECT_ROOT / "type_mapping.json"
+        return PACKAGE_DIR / "type_mapping.json"
 
     @property
     def port_range(self) -> range:

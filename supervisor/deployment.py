@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidTransition
-from .ports import DeploymentRecord
-from .process import ChildProcess
-from .states import State, can_transition
+from supervisor.errors import InvalidTransition
+from supervisor.process import ChildProcess
+from supervisor.state_store import DeploymentRecord
+from supervisor.states import State, can_transition
 
 
 @dataclass(eq=False)

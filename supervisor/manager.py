@@ -16,13 +16,13 @@ from pathlib import Path
 
 import aiohttp
 
-from .backoff import FlapDetector, backoff_delay
-from .deployment import Deployment, Replica
-from .errors import BackendStartError, NotDeployed
-from .ports import DeploymentRecord, StateStore
-from .probe import ping
-from .process import ChildProcess, Command, sweep_orphan_group
-from .states import State
+from supervisor.backoff import FlapDetector, backoff_delay
+from supervisor.deployment import Deployment, Replica
+from supervisor.errors import BackendStartError, NotDeployed
+from supervisor.probe import ping
+from supervisor.process import ChildProcess, Command, sweep_orphan_group
+from supervisor.state_store import DeploymentRecord, StateStore
+from supervisor.states import State
 
 logger = logging.getLogger(__name__)
 

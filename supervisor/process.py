@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import BackendStartError
+from supervisor.errors import BackendStartError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import RegisteredModel, train_and_register
+from gateway.deploy.demo import RegisteredModel, train_and_register
 from tests.support import Gateway
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..dataset import record_rows
-from ..store.base import Baseline, InferenceRecord, MetricsSnapshot
-from . import drift
-from .metrics import higher_is_better
+from gateway.quality import drift
+from gateway.quality.scores import higher_is_better
+from gateway.records.rows import record_rows
+from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot
 
 DEFAULT_TOLERANCE = 0.05
 MAX_PLOTTED_FEATURES = 30

@@ -14,8 +14,8 @@ import pytest
 
 from supervisor.errors import BackendStartError, NotDeployed
 from supervisor.manager import Manager, SupervisorConfig
-from supervisor.ports import DeploymentRecord, StateStore
 from supervisor.process import Command
+from supervisor.state_store import DeploymentRecord, StateStore
 from supervisor.states import State
 from tests.support import REPO, free_port_range, pid_alive, processes_mentioning
 
@@ -43,9 +43,7 @@ class Harness:
         )  # fmt: skip
 
     async def open(self) -> Manager:
-        self.store = await StateStore.open(
-            self.tmp_path / "state.db", REPO / "schema.sql", self.port_range
-        )
+        self.store = await StateStore.open(self.tmp_path / "state.db", self.port_range)
         self.session = aiohttp.ClientSession()
         return Manager(
             self.store, fake_command, self.config, self.session,

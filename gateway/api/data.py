@@ -1,0 +1,333 @@
+"""The data plane's API: dataset export, baselines, feedback metrics, reference data, reports.
+
+Paths are the original's (`/model/{key}/metrics`, `/set_new_metrics`, `/dataset`,
+`/degradation_report`, ...). Heavy work (metrics, reports) runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app_keys import SETTINGS, STORE, UPSTREAM
+from gateway.dataplane.proxy import lookup, post_bytes
+from gateway.edge.params import read_body, read_json_object, resolve_key, single_query
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+)
+from gateway.quality.report import DEFAULT_TOLERANCE, ReportInput, build_report
+from gateway.quality.scores import compute_metrics
+from gateway.records.rows import columns_of, csv_chunk, csv_line, jsonl_chunk, prediction_values
+from gateway.records.stores.base import MetricsSnapshot
+
+logger = logging.getLogger(__name__)
+
+_SNAPSHOT_NAME = re.compile(r"metrics-\d{8}T\d{6}\d{6}Z(-\d+)?\.json")
+_FEEDBACK_KEYS = ("results", "timestamp")
+_INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+class BaselineNotFound(GatewayError):
+    status, code = 404, "baseline_not_found"
+
+
+class SnapshotNotFound(GatewayError):
+    status, code = 404, "snapshot_not_found"
+
+
+class PredictionFailed(GatewayError):
+    status, code = 400, "prediction_failed"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _parse_date(request: web.Request, name: str) -> date | None:
+    raw = single_query(request, name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a date as YYYY-MM-DD, not {raw!r}") from None
+
+
+def _epoch(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+# ------------------------------------------------------------------ dataset
+
+
+async def dataset(request: web.Request) -> web.StreamResponse:
+    """GET /model/{key}/dataset: every logged instance, streamed as CSV or JSON lines."""
+    key = request.match_info["key"]
+    name, version = resolve_key(request, key)
+    start, end = _parse_date(request, "start_date"), _parse_date(request, "end_date")
+    if start and end and end < start:
+        raise BadRequest("end_date is before start_date")
+    fmt = single_query(request, "format") or "csv"
+    if fmt not in ("csv", "jsonl"):
+        raise BadRequest("format must be csv or jsonl")
+    store = request.app[STORE]
+    start_ts = _epoch(start) if start else None
+    end_ts = _epoch(end + timedelta(days=1)) if end else None  # end_date is inclusive
+
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson",
+            "Content-Disposition": f'attachment; filename="{key}-dataset.{fmt}"',
+        }
+    )
+    await response.prepare(request)
+    records = store.iter_records
+    # Parsing and formatting run in a worker thread, a chunk of calls at a time, so a
+    # large export never holds the event loop that serves inference.
+    if fmt == "jsonl":
+        async for chunk in _chunks(records(name, version, start_ts, end_ts)):
+            await response.write((await asyncio.to_thread(jsonl_chunk, chunk)).encode())
+    else:
+        # Two passes keep memory flat: the first learns the columns, the second writes.
+        columns: dict[str, None] = {}
+        async for chunk in _chunks(records(name, version, start_ts, end_ts)):
+            columns.update(await asyncio.to_thread(columns_of, chunk))
+        ordered = [c for c in columns if c != "timestamp"] + (["timestamp"] if columns else [])
+        if ordered:
+            await response.write(csv_line(ordered).encode())
+        async for chunk in _chunks(records(name, version, start_ts, end_ts)):
+            await response.write((await asyncio.to_thread(csv_chunk, chunk, ordered)).encode())
+    await response.write_eof()
+    return response
+
+
+async def _chunks(source: AsyncIterator[Any], size: int = 500) -> AsyncIterator[list[Any]]:
+    chunk: list[Any] = []
+    async for item in source:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---------------------------------------------------------------- baselines
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """GET /model/{key}/metrics: the baseline metrics from the model's MLflow run."""
+    name, version = resolve_key(request, request.match_info["key"])
+    baseline = await request.app[STORE].get_baseline(name, version)
+    if baseline is None:
+        raise BaselineNotFound(
+            f"no baseline metrics for {name}-{version}: deploy it, or its run logged none"
+        )
+    return web.json_response(
+        {
+            "model_name": name,
+            "version": version,
+            "metrics": baseline.metrics,
+            "source": baseline.source,
+            "updated_at": datetime.fromtimestamp(baseline.updated_at, UTC).isoformat(),
+        }
+    )
+
+
+async def put_reference(request: web.Request) -> web.Response:
+    """PUT /model/{key}/reference: a CSV of representative inputs for drift checks."""
+    name, version = resolve_key(request, request.match_info["key"])
+    body = await read_body(request)
+    if not body.strip():
+        raise BadRequest("send the reference data as a CSV body with a header row")
+
+    def check() -> tuple[int, list[str]]:
+        import pandas as pd
+
+        frame = pd.read_csv(io.BytesIO(body))
+        return len(frame), [str(c) for c in frame.columns]
+
+    try:
+        rows, columns = await asyncio.to_thread(check)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not a readable CSV: {exc}") from None
+    if rows == 0:
+        raise BadRequest("the CSV has a header but no rows")
+    await request.app[STORE].set_reference(name, version, body)
+    return web.json_response({"model_name": name, "version": version, "rows": rows,
+                              "columns": columns})  # fmt: skip
+
+
+# ---------------------------------------------------------- feedback metrics
+
+
+def _snapshot_name(ts: float) -> str:
+    return "metrics-" + datetime.fromtimestamp(ts, UTC).strftime("%Y%m%dT%H%M%S%fZ") + ".json"
+
+
+def _feedback_timestamp(raw: Any) -> float:
+    if raw is None:
+        return time.time()
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    raise BadRequest("timestamp must be an ISO 8601 string or seconds since the epoch")
+
+
+async def _predict(request: web.Request, payload: dict[str, Any]) -> list[Any]:
+    """Predictions for `payload` through the same pooled path as inference."""
+    _, replica = lookup(request)
+    status, body, _ = await post_bytes(
+        request.app[UPSTREAM], replica, json.dumps(payload).encode(), "application/json"
+    )
+    if status >= 400:
+        detail = body.decode("utf-8", "replace")[:2000]
+        raise PredictionFailed(f"the model rejected the inputs ({status}): {detail}")
+    return prediction_values(body)
+
+
+async def set_new_metrics(request: web.Request) -> web.Response:
+    """POST /model/{key}/set_new_metrics: inputs plus ground truth -> a metrics snapshot."""
+    key = request.match_info["key"]
+    name, version = resolve_key(request, key)
+    data = await read_json_object(request)
+    results = data.get("results")
+    if not isinstance(results, list) or not results:
+        raise BadRequest('"results" must be a non-empty list of ground-truth values')
+    inputs = {k: v for k, v in data.items() if k not in _FEEDBACK_KEYS}
+    if not any(k in inputs for k in _INPUT_KEYS):
+        raise BadRequest(f"give the inputs as one of {', '.join(_INPUT_KEYS)}")
+    ts = _feedback_timestamp(data.get("timestamp"))
+    store = request.app[STORE]
+    baseline = await store.get_baseline(name, version)
+    if baseline is None or not baseline.metrics:
+        raise BadRequest(f"{key} has no baseline metrics to recompute; its MLflow run logged none")
+    predictions = await _predict(request, inputs)
+    if len(predictions) != len(results):
+        raise BadRequest(
+            f"{len(results)} results were given for {len(predictions)} predictions;"
+            " give one ground-truth value per input row"
+        )
+    values, skipped = await asyncio.to_thread(
+        compute_metrics, list(baseline.metrics), results, predictions
+    )
+    snapshot = MetricsSnapshot(_snapshot_name(ts), ts, values, skipped, len(results))
+    await store.add_snapshot(name, version, snapshot)
+    body = snapshot.as_dict()
+    body["baseline"] = baseline.metrics
+    return web.json_response(body, status=201)
+
+
+async def new_metrics_file_names(request: web.Request) -> web.Response:
+    name, version = resolve_key(request, request.match_info["key"])
+    snapshots = await request.app[STORE].list_snapshots(name, version)
+    return web.json_response({"files": [s.name for s in snapshots]})
+
+
+async def new_metrics(request: web.Request) -> web.Response:
+    name, version = resolve_key(request, request.match_info["key"])
+    file_name = request.match_info["name"]
+    if not _SNAPSHOT_NAME.fullmatch(file_name):
+        raise BadRequest(
+            f"{file_name!r} is not a metrics file name; list them at new_metrics_file_name"
+        )
+    snapshot = await request.app[STORE].get_snapshot(name, version, file_name)
+    if snapshot is None:
+        raise SnapshotNotFound(f"no metrics file {file_name!r} for {name}-{version}")
+    return web.json_response(snapshot.as_dict())
+
+
+async def metrics_history(request: web.Request) -> web.Response:
+    name, version = resolve_key(request, request.match_info["key"])
+    store = request.app[STORE]
+    baseline = await store.get_baseline(name, version)
+    snapshots = await store.list_snapshots(name, version)
+    return web.json_response(
+        {
+            "model_name": name,
+            "version": version,
+            "baseline": baseline.metrics if baseline else None,
+            "snapshots": [s.as_dict() for s in snapshots],
+        }
+    )
+
+
+# ------------------------------------------------------------------- report
+
+
+async def degradation_report(request: web.Request) -> web.StreamResponse:
+    """GET /model/{key}/degradation_report: a zip (or `?format=json`: the summary)."""
+    key = request.match_info["key"]
+    name, version = resolve_key(request, key)
+    fmt = single_query(request, "format") or "zip"
+    if fmt not in ("zip", "json"):
+        raise BadRequest("format must be zip or json")
+    raw_tolerance = single_query(request, "tolerance")
+    try:
+        tolerance = float(raw_tolerance) if raw_tolerance is not None else DEFAULT_TOLERANCE
+    except ValueError:
+        raise BadRequest("tolerance must be a number such as 0.05") from None
+    if not 0 <= tolerance < 10:
+        raise BadRequest("tolerance must be between 0 and 10")
+    store, settings = request.app[STORE], request.app[SETTINGS]
+    records = []
+    capped = False
+    async for record in _latest(store.iter_records(name, version), settings.report_max_calls):
+        records.append(record)
+    capped = len(records) >= settings.report_max_calls
+    now = time.time()
+    inp = ReportInput(
+        key=key, reference_csv=await store.get_reference(name, version), records=records,
+        baseline=await store.get_baseline(name, version),
+        snapshots=await store.list_snapshots(name, version), now=now, tolerance=tolerance,
+        records_capped=capped,
+    )  # fmt: skip
+    archive, summary = await asyncio.to_thread(build_report, inp)
+    if fmt == "json":
+        return web.json_response(summary)
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
+    return web.Response(
+        body=archive,
+        content_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{key}-degradation-report-{stamp}.zip"'
+        },
+    )
+
+
+async def _latest(source: AsyncIterator[Any], limit: int) -> AsyncIterator[Any]:
+    """The last `limit` items of a time-ordered stream, in order, in bounded memory."""
+    from collections import deque
+
+    window: deque[Any] = deque(maxlen=limit)
+    async for item in source:
+        window.append(item)
+    for item in window:
+        yield item
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/model/{key}/dataset", dataset)
+    r.add_get("/model/{key}/metrics", get_metrics)
+    r.add_get("/model/{key}/metrics/history", metrics_history)
+    r.add_post("/model/{key}/set_new_metrics", set_new_metrics)
+    r.add_get("/model/{key}/new_metrics_file_name", new_metrics_file_names)
+    r.add_get("/model/{key}/new_metrics/{name}", new_metrics)
+    r.add_put("/model/{key}/reference", put_reference)
+    r.add_get("/model/{key}/degradation_report", degradation_report)

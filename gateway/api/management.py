@@ -1,0 +1,210 @@
+"""The management API: registry browsing, deploy, undeploy and status.
+
+Paths are the original's, so existing scripts keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from aiohttp import web
+
+from gateway.app_keys import (
+    BATCHERS,
+    INFERENCE_LOG,
+    MANAGER,
+    METRICS,
+    REGISTRY,
+    ROUTES,
+    SETTINGS,
+    STATE_STORE,
+)
+from gateway.dataplane.batching import configure_batching, drop_batcher
+from gateway.deploy.baselines import capture_baseline
+from gateway.deploy.launchers import ENV_MANAGERS
+from gateway.edge.names import check_model_name, check_version, deployment_key
+from gateway.edge.params import int_query, resolve_key, single_query
+from gateway.errors import BadRequest, DeploymentNotFound
+from supervisor.deployment import Deployment
+from supervisor.state_store import DeploymentRecord
+
+logger = logging.getLogger(__name__)
+
+MAX_REPLICAS = 16
+MAX_BATCH_SIZE = 4096
+
+
+async def health(request: web.Request) -> web.Response:
+    table = request.app[ROUTES]
+    log = request.app[INFERENCE_LOG]
+    body: dict[str, object] = {
+        "status": "ok",
+        "deployments": len(table),
+        "running": sum(1 for d in table.values() if d.pick() is not None),
+        "inference_log": None if log is None else {"pending": log.depth, **vars(log.stats)},
+    }
+    return web.json_response(body)
+
+
+async def get_model_list(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[REGISTRY].list_models())
+
+
+async def get_model_version_list(request: web.Request) -> web.Response:
+    name = check_model_name(request.match_info["model"])
+    return web.json_response(await request.app[REGISTRY].list_versions(name))
+
+
+async def get_signature(request: web.Request) -> web.Response:
+    name, version = resolve_key(request, request.match_info["key"])
+    return web.json_response(await request.app[REGISTRY].signature(name, version))
+
+
+async def get_type_mapping(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(
+        request.app[SETTINGS].type_mapping_path, headers={"Content-Type": "application/json"}
+    )
+
+
+def _batching_options(request: web.Request) -> dict[str, int]:
+    """`max_batch_size` / `max_batch_delay_ms` from the query, when given."""
+    options: dict[str, int] = {}
+    if single_query(request, "max_batch_size") is not None:
+        options["max_batch_size"] = int_query(request, "max_batch_size", 1, 1, MAX_BATCH_SIZE)
+    if single_query(request, "max_batch_delay_ms") is not None:
+        options["max_batch_delay_ms"] = int_query(request, "max_batch_delay_ms", 5, 0, 10_000)
+    return options
+
+
+def _bool_query(request: web.Request, name: str) -> bool:
+    raw = single_query(request, name)
+    if raw is None or raw.lower() in ("", "0", "false", "no"):
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"query parameter {name!r} must be true or false")
+
+
+def _deploy_body(deployment: Deployment, message: str) -> dict[str, object]:
+    view = deployment.describe()
+    record = deployment.record
+    return {
+        "key": record.key, "model_name": record.model_name, "version": record.version,
+        "port": view["port"], "run_uuid": view["run_uuid"], "status": view["status"],
+        "replicas": view["replicas"], "options": record.options, "message": message,
+    }  # fmt: skip
+
+
+async def deploy(request: web.Request) -> web.Response:
+    """POST /deploy/{model}/{version}: 201 when started, 200 when already deployed.
+
+    `replace=true` on a deployed key starts new backends, switches to them once
+    ready and drains the old ones; batching options on a deployed key change
+    its batching in place.
+    """
+    name = check_model_name(request.match_info["model"])
+    version = check_version(request.match_info["version"])
+    env_manager = single_query(request, "env_manager") or "local"
+    if env_manager not in ENV_MANAGERS:
+        raise BadRequest(f"env_manager must be one of {', '.join(ENV_MANAGERS)}")
+    replicas = int_query(request, "replicas", 1, 1, MAX_REPLICAS)
+    replace = _bool_query(request, "replace")
+    batching = _batching_options(request)
+    key = deployment_key(name, version)
+    app = request.app
+    manager = app[MANAGER]
+
+    existing = manager.table.get(key)
+    if existing is not None and not replace:
+        if batching:
+            options = {**existing.record.options, **batching}
+            existing.record = dataclasses.replace(existing.record, options=options)
+            await app[STATE_STORE].update_record(existing.record)
+            await configure_batching(app, existing)
+            return web.json_response(_deploy_body(existing, f"{key}: batching set to {batching}"))
+        return web.json_response(
+            _deploy_body(existing, f"{key} is already deployed; nothing was started")
+        )
+
+    info = await app[REGISTRY].resolve(name, version)
+    options = {**(existing.record.options if existing else {}), **batching}
+    record = DeploymentRecord(
+        key=key, model_name=name, version=version, run_uuid=info.run_id,
+        env_manager=env_manager, options=options, created_at=time.time(),
+    )  # fmt: skip
+    started = time.monotonic()
+    if existing is not None:
+        if single_query(request, "replicas") is None:
+            replicas = len(existing.replicas)
+        deployment = await manager.replace(record, replicas)
+        created, message = False, f"replaced the backends of {key} without downtime"
+    else:
+        deployment, created = await manager.deploy(record, replicas=replicas)
+        message = f"deployed {key}: POST /{key} to call it"
+        if not created:
+            message = f"{key} is already deployed; nothing was started"
+    if created or existing is not None:
+        app[METRICS].deploy_duration.labels(key).set(time.monotonic() - started)
+        await configure_batching(app, deployment)
+        await capture_baseline(app, name, version, info.run_id)
+    return web.json_response(_deploy_body(deployment, message), status=201 if created else 200)
+
+
+async def scale(request: web.Request) -> web.Response:
+    """POST /scale/{key}?replicas=N: change the number of backends live."""
+    key = request.match_info["key"]
+    if single_query(request, "replicas") is None:
+        raise BadRequest("give the new replica count as ?replicas=N")
+    replicas = int_query(request, "replicas", 1, 1, MAX_REPLICAS)
+    manager = request.app[MANAGER]
+    if key not in manager.table:
+        raise DeploymentNotFound(f"{key!r} is not deployed")
+    deployment = await manager.scale(key, replicas)
+    return web.json_response(_deploy_body(deployment, f"{key} runs {replicas} replica(s)"))
+
+
+async def undeploy(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    manager = request.app[MANAGER]
+    if key not in manager.table:
+        raise DeploymentNotFound(f"{key!r} is not deployed")
+    await drop_batcher(request.app, key)
+    deployment = await manager.undeploy(key)
+    request.app[METRICS].forget(key)
+    ports = [r.port for r in deployment.replicas]
+    return web.json_response(
+        {"key": key, "status": "undeployed", "freed_ports": ports,
+         "message": f"undeployed {key}; freed port(s) {', '.join(map(str, ports))}"}
+    )  # fmt: skip
+
+
+async def get_deployed_models(request: web.Request) -> web.Response:
+    table = request.app[ROUTES]
+    batchers = request.app[BATCHERS]
+    body = {}
+    for key, deployment in table.items():
+        entry = deployment.describe()
+        batcher = batchers.get(key)
+        entry["batching"] = None if batcher is None else batcher.describe()
+        body[key] = entry
+    return web.json_response(body)
+
+
+async def get_number_free_ports(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STATE_STORE].count_free_ports())
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/health", health)
+    r.add_get("/get_model_list", get_model_list)
+    r.add_get("/get_model_version_list/{model}", get_model_version_list)
+    r.add_get("/model/{key}/signature", get_signature)
+    r.add_get("/type_mapping", get_type_mapping)
+    r.add_post("/deploy/{model}/{version}", deploy)
+    r.add_post("/undeploy/{key}", undeploy)
+    r.add_post("/scale/{key}", scale)
+    r.add_get("/get_deployed_models", get_deployed_models)
+    r.add_get("/get_number_free_ports", get_number_free_ports)

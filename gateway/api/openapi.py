@@ -1,0 +1,223 @@
+"""The OpenAPI 3 document of the whole API, and a self-contained docs page.
+
+Kept true by tests: a schemathesis pass over this document runs against a
+live gateway with a real deployment and must find no 5xx and no response that
+breaks the documented schema.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from gateway import __version__
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _param(name: str, where: str = "path", schema: dict[str, Any] | None = None,
+           description: str = "", required: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "name": name, "in": where, "required": where == "path" if required is None else required,
+        "description": description, "schema": schema or {"type": "string"},
+    }  # fmt: skip
+
+
+KEY = _param("key", description="Deployment key `<model>-<version>`, e.g. `wine-quality-1`.")
+MODEL = _param("model", description="Registered model name.")
+VERSION = _param("version", schema={"type": "string"}, description="Model version number.")
+ERRORS = {"default": _json(_ref("Error"), "A JSON error")}
+ANY_JSON: dict[str, Any] = {}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+NULLABLE_INT = {"type": "integer", "nullable": True}
+INPUT_FORMATS = (
+    "Any MLflow scoring input: `dataframe_split`, `dataframe_records`, `instances` or `inputs`"
+    " as JSON, or CSV with a header row."
+)
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, tag: str = "management",
+        errors: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    op: dict[str, Any] = {
+        "summary": summary,
+        "tags": [tag],
+        "responses": {**responses, **(errors or ERRORS)},
+    }
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    },
+    "Replica": {
+        "type": "object",
+        "required": ["replica", "port", "status", "healthy", "restarts"],
+        "properties": {
+            "replica": {"type": "integer"}, "port": {"type": "integer"},
+            "status": {"type": "string", "enum": ["stopped", "starting", "running", "backoff", "stopping", "fatal"]},
+            "healthy": {"type": "boolean"}, "pid": NULLABLE_INT, "started_at": NULLABLE_STRING,
+            "restarts": {"type": "integer"}, "last_error": NULLABLE_STRING,
+        },
+    },
+    "Deployment": {
+        "type": "object",
+        "required": ["model_name", "version", "port", "run_uuid", "status", "pid", "started_at", "restarts"],
+        "properties": {
+            "model_name": {"type": "string"}, "version": {"type": "string"},
+            "port": NULLABLE_INT, "run_uuid": NULLABLE_STRING, "status": {"type": "string"},
+            "pid": NULLABLE_INT, "started_at": NULLABLE_STRING, "restarts": {"type": "integer"},
+            "env_manager": {"type": "string"}, "created_at": NULLABLE_STRING,
+            "replicas": {"type": "array", "items": _ref("Replica")},
+            "batching": {"type": "object", "nullable": True},
+        },
+    },
+    "DeployResult": {
+        "type": "object",
+        "required": ["key", "model_name", "version", "port", "run_uuid", "status", "message"],
+        "properties": {
+            "key": {"type": "string"}, "model_name": {"type": "string"},
+            "version": {"type": "string"}, "port": NULLABLE_INT, "run_uuid": NULLABLE_STRING,
+            "status": {"type": "string"}, "message": {"type": "string"},
+            "replicas": {"type": "array", "items": _ref("Replica")},
+            "options": {"type": "object"},
+        },
+    },
+    "Snapshot": {
+        "type": "object", "required": ["name", "timestamp", "metrics", "skipped", "n_samples"],
+        "properties": {
+            "name": {"type": "string"}, "timestamp": {"type": "string"},
+            "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+            "skipped": {"type": "object", "additionalProperties": {"type": "string"}},
+            "n_samples": {"type": "integer"},
+            "baseline": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "Feedback": {
+        "type": "object", "required": ["results"],
+        "description": f"{INPUT_FORMATS} Plus `results`, one ground-truth value per input row.",
+        "properties": {
+            "instances": {"type": "array", "items": {}},
+            "dataframe_split": {"type": "object"},
+            "dataframe_records": {"type": "array", "items": {"type": "object"}},
+            "inputs": {},
+            "results": {"type": "array", "items": {}, "minItems": 1},
+            "timestamp": {"description": "ISO 8601 or seconds since the epoch"},
+        },
+    },
+}  # fmt: skip
+
+INFERENCE_BODY = {
+    "required": True,
+    "description": INPUT_FORMATS,
+    "content": {JSON: {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
+}
+# The backend's own errors (e.g. MLflow's 400 for a bad payload) pass through unchanged.
+INFERENCE_RESPONSES = {
+    "200": _json(ANY_JSON, "The backend's answer, byte for byte"),
+    "default": _json(ANY_JSON, "A gateway error (`{error, detail}`) or the backend's own error"),
+}
+
+
+def build_spec() -> dict[str, Any]:
+    date = {"type": "string", "format": "date"}
+    paths: dict[str, Any] = {
+        "/health": {"get": _op("Liveness and a summary of deployments", {"200": _json({"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}})}, tag="operations")},
+        "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}, tag="operations")},
+        "/get_model_list": {"get": _op("Registered model names", {"200": _json({"type": "array", "items": {"type": "string"}})})},
+        "/get_model_version_list/{model}": {"get": _op("Versions of a registered model", {"200": _json({"type": "array", "items": {"type": "string"}})}, params=[MODEL])},
+        "/model/{key}/signature": {"get": _op("A model version's signature", {"200": _json({"type": "object", "properties": {"inputs": {"nullable": True}, "outputs": {"nullable": True}, "params": {"nullable": True}}})}, params=[KEY])},
+        "/type_mapping": {"get": _op("Python type to MLflow type table", {"200": _json({"type": "object", "additionalProperties": {"type": "string"}})})},
+        "/deploy/{model}/{version}": {"post": _op(
+            "Deploy a model version (idempotent)",
+            {"201": _json(_ref("DeployResult"), "Started"), "200": _json(_ref("DeployResult"), "Already deployed")},
+            params=[MODEL, VERSION,
+                    _param("env_manager", "query", {"type": "string", "enum": ["local", "virtualenv", "uv", "conda"]}),
+                    _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": 16}),
+                    _param("replace", "query", {"type": "boolean"}, "Zero-downtime redeploy of a deployed key"),
+                    _param("max_batch_size", "query", {"type": "integer", "minimum": 1, "maximum": 4096}, "Adaptive batching: most rows per backend call (1: off)"),
+                    _param("max_batch_delay_ms", "query", {"type": "integer", "minimum": 0, "maximum": 10000}, "Adaptive batching: longest wait for more calls under load")],
+        )},
+        "/scale/{key}": {"post": _op("Change the number of replicas live", {"200": _json(_ref("DeployResult"))},
+                                     params=[KEY, _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": 16}, required=True)])},
+        "/undeploy/{key}": {"post": _op("Stop a deployment and free its ports", {"200": _json({"type": "object", "required": ["key", "status", "freed_ports"], "properties": {"key": {"type": "string"}, "status": {"type": "string"}, "freed_ports": {"type": "array", "items": {"type": "integer"}}, "message": {"type": "string"}}})}, params=[KEY])},
+        "/get_deployed_models": {"get": _op("Every deployment by key", {"200": _json({"type": "object", "additionalProperties": _ref("Deployment")})})},
+        "/get_number_free_ports": {"get": _op("Free ports of the backend range", {"200": _json({"type": "integer", "minimum": 0})})},
+        "/{key}": {"post": _op("Predict (the original's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
+        "/{key}/invocations": {"post": _op("Predict (MLflow's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
+        "/model/{key}": {"post": _op("Predict (the original web frontend's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
+        "/{key}/{endpoint}": {"get": _op("The backend's ping, health or version", INFERENCE_RESPONSES, params=[KEY, _param("endpoint", schema={"type": "string", "enum": ["ping", "health", "version"]})], tag="inference", errors={})},
+        "/model/{key}/dataset": {"get": _op(
+            "Logged inputs and predictions, one row per instance",
+            {"200": {"description": "CSV (default) or JSON lines, streamed", "content": {"text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}}},
+            params=[KEY, _param("start_date", "query", date), _param("end_date", "query", date),
+                    _param("format", "query", {"type": "string", "enum": ["csv", "jsonl"]})],
+            tag="data")},
+        "/model/{key}/metrics": {"get": _op("Baseline metrics from the MLflow run", {"200": _json({"type": "object", "required": ["metrics"], "properties": {"metrics": {"type": "object", "additionalProperties": {"type": "number"}}, "source": {"type": "string"}}})}, params=[KEY], tag="data")},
+        "/model/{key}/metrics/history": {"get": _op("Baseline and every feedback snapshot", {"200": _json({"type": "object", "required": ["snapshots"], "properties": {"baseline": {"type": "object", "nullable": True}, "snapshots": {"type": "array", "items": _ref("Snapshot")}}})}, params=[KEY], tag="data")},
+        "/model/{key}/set_new_metrics": {"post": _op("Compute metrics from ground truth", {"201": _json(_ref("Snapshot"), "Stored snapshot")}, params=[KEY], body={"required": True, "content": {JSON: {"schema": _ref("Feedback")}}}, tag="data")},
+        "/model/{key}/new_metrics_file_name": {"get": _op("Names of stored snapshots", {"200": _json({"type": "object", "required": ["files"], "properties": {"files": {"type": "array", "items": {"type": "string"}}}})}, params=[KEY], tag="data")},
+        "/model/{key}/new_metrics/{name}": {"get": _op("One stored snapshot", {"200": _json(_ref("Snapshot"))}, params=[KEY, _param("name", description="A name from new_metrics_file_name")], tag="data")},
+        "/model/{key}/reference": {"put": _op("Set the reference data for drift checks", {"200": _json({"type": "object", "required": ["rows", "columns"], "properties": {"rows": {"type": "integer"}, "columns": {"type": "array", "items": {"type": "string"}}}})}, params=[KEY], body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}, tag="data")},
+        "/model/{key}/degradation_report": {"get": _op(
+            "Input drift and metric decline report",
+            {"200": {"description": "A zip (report.html, drift.json, drift.csv, metrics.csv, summary.json) or, with format=json, the summary", "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}, JSON: {"schema": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}}}}},
+            params=[KEY, _param("format", "query", {"type": "string", "enum": ["zip", "json"]}),
+                    _param("tolerance", "query", {"type": "number", "minimum": 0, "maximum": 9})],
+            tag="data")},
+        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})}, tag="operations")},
+        "/docs": {"get": _op("A readable page of this document", {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}, tag="operations")},
+    }  # fmt: skip
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "modelgw",
+            "version": __version__,
+            "description": "Serve MLflow registry models as supervised, fast HTTP endpoints.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
+    }
+
+
+def docs_page(spec: dict[str, Any]) -> str:
+    """A plain HTML list of every operation; no script, no CDN, works offline."""
+    rows = []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            params = ", ".join(f"{p['name']} ({p['in']})" for p in op.get("parameters", []))
+            codes = ", ".join(c for c in op["responses"] if c != "default")
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(op['summary'])}</td><td>{html.escape(params)}</td>"
+                f"<td>{html.escape(codes)}</td><td>{html.escape(op['tags'][0])}</td></tr>"
+            )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>modelgw API</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px}}
+td,th{{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}}
+table{{border-collapse:collapse}}</style></head><body>
+<h1>modelgw API {html.escape(spec["info"]["version"])}</h1>
+<p>The machine-readable document is at <a href="/openapi.json">/openapi.json</a>. Errors are
+JSON: <code>{{"error": "&lt;code&gt;", "detail": "&lt;sentence&gt;"}}</code>.</p>
+<table><tr><th>Method</th><th>Path</th><th>What it does</th><th>Parameters</th>
+<th>Success</th><th>Class</th></tr>{"".join(rows)}</table></body></html>"""

@@ -1,0 +1,2 @@
+"""Registry versions become running backends: the deploy service, registry
+access, launchers, baselines, the demo model."""

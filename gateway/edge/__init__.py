@@ -1,0 +1,2 @@
+"""The edge of every request: access control, request ids and access logs,
+parameter parsing, Prometheus telemetry."""

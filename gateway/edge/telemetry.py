@@ -1,0 +1,146 @@
+"""Prometheus metrics on an injected registry, with bounded labels.
+
+Labels are deployment keys (every key that is not deployed counts as
+`__unknown__`), status codes, replica indexes and fixed outcome names; never
+raw paths or request ids. Per-key label children are bound once, so a request
+pays a dict look-up and a few atomic increments. State that already lives
+elsewhere (replica health, restarts, the log writer's counters) is read at
+scrape time by a collector instead of being mirrored on every change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.records.writer import InferenceLogger
+from supervisor.deployment import Deployment
+
+UNKNOWN_KEY = "__unknown__"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0)  # fmt: skip
+
+
+class KeyMetrics:
+    """The label children of one deployment key, bound once."""
+
+    __slots__ = ("_by_code", "_requests", "backend", "in_flight", "key", "latency")
+
+    def __init__(self, metrics: GatewayMetrics, key: str) -> None:
+        self.key = key
+        self._requests = metrics.requests
+        self._by_code: dict[int, Any] = {}
+        self.latency = metrics.latency.labels(key)
+        self.backend = metrics.backend_latency.labels(key)
+        self.in_flight = metrics.in_flight.labels(key)
+
+    def codes(self) -> list[int]:
+        return list(self._by_code)
+
+    def done(self, status: int, seconds: float) -> None:
+        child = self._by_code.get(status)
+        if child is None:
+            child = self._by_code[status] = self._requests.labels(self.key, str(status))
+        child.inc()
+        self.latency.observe(seconds)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports, on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("modelgw_requests",
+                                "Inference calls by deployment key and HTTP status.",
+                                ["key", "code"], registry=r)  # fmt: skip
+        self.latency = Histogram("modelgw_request_duration_seconds",
+                                 "Time an inference call spent in the gateway, end to end.",
+                                 ["key"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.backend_latency = Histogram("modelgw_backend_duration_seconds",
+                                         "Time an inference call spent waiting for its backend.",
+                                         ["key"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.in_flight = Gauge("modelgw_requests_in_flight", "Inference calls being served now.",
+                               ["key"], registry=r)  # fmt: skip
+        self.deploy_duration = Gauge("modelgw_deploy_duration_seconds",
+                                     "Seconds the last deploy of a key took to become ready.",
+                                     ["key"], registry=r)  # fmt: skip
+        self.free_ports = Gauge("modelgw_free_ports",
+                                "Ports of the backend range that no one holds.",
+                                registry=r)  # fmt: skip
+        self._keys: dict[str, KeyMetrics] = {}
+
+    def for_key(self, key: str) -> KeyMetrics:
+        bound = self._keys.get(key)
+        if bound is None:
+            bound = self._keys[key] = KeyMetrics(self, key)
+        return bound
+
+    def forget(self, key: str) -> None:
+        """Drop an undeployed key's series, so label sets stay bounded over time."""
+        bound = self._keys.pop(key, None)
+        if bound is None:
+            return
+        for code in bound.codes():
+            self.requests.remove(key, str(code))
+        for metric in (self.latency, self.backend_latency, self.in_flight, self.deploy_duration):
+            try:
+                metric.remove(key)
+            except KeyError:
+                pass
+
+    def watch(
+        self,
+        table: dict[str, Deployment],
+        log: Callable[[], InferenceLogger | None],
+    ) -> None:
+        self.registry.register(StateCollector(table, log))
+
+
+class StateCollector(Collector):
+    """Backend and log-writer state, read when Prometheus scrapes."""
+
+    def __init__(
+        self, table: dict[str, Deployment], log: Callable[[], InferenceLogger | None]
+    ) -> None:
+        self._table = table
+        self._log = log
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("modelgw_backend_up", "1 when the backend process is running.",
+                               labels=["key", "replica", "port"])  # fmt: skip
+        healthy = GaugeMetricFamily("modelgw_backend_healthy",
+                                    "1 when the backend answers its health checks.",
+                                    labels=["key", "replica", "port"])  # fmt: skip
+        restarts = CounterMetricFamily("modelgw_backend_restarts",
+                                       "Times the supervisor restarted the backend.",
+                                       labels=["key", "replica", "port"])  # fmt: skip
+        for key, deployment in list(self._table.items()):
+            for replica in deployment.replicas:
+                labels = [key, str(replica.index), str(replica.port)]
+                up.add_metric(labels, 1.0 if replica.state.value == "running" else 0.0)
+                healthy.add_metric(labels, 1.0 if replica.routable else 0.0)
+                restarts.add_metric(labels, float(replica.restarts))
+        yield up
+        yield healthy
+        yield restarts
+        log = self._log()
+        depth = GaugeMetricFamily("modelgw_inference_log_queue_depth",
+                                  "Inference records waiting in memory to be written.")  # fmt: skip
+        store_up = GaugeMetricFamily("modelgw_inference_log_store_up",
+                                     "1 when the last write to the store succeeded.")  # fmt: skip
+        records = CounterMetricFamily("modelgw_inference_log_records",
+                                      "Inference records by what happened to them.",
+                                      labels=["outcome"])  # fmt: skip
+        if log is not None:
+            depth.add_metric([], float(log.depth))
+            store_up.add_metric([], 1.0 if log.stats.store_up else 0.0)
+            for outcome in ("submitted", "written", "retried", "spooled", "replayed", "lost"):
+                records.add_metric([outcome], float(getattr(log.stats, outcome)))
+        yield depth
+        yield store_up
+        yield records

@@ -1,0 +1,166 @@
+"""The MongoDB store, through PyMongo's async API (`AsyncMongoClient`).
+
+Imported only when `MONGODB_URI` is set, so PyMongo stays optional
+(`pip install modelgw[mongodb]`). Inference records are documents: JSON bodies
+are stored parsed, as the original did, so they can be queried in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot, Store
+
+_DUPLICATE_KEY = 11000
+
+
+def _parsed(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _documents(records: Sequence[InferenceRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "_id": r.id,
+            "model": r.model,
+            "version": r.version,
+            "ts": r.ts,
+            "content_type": r.content_type,
+            "inputs": _parsed(r.inputs) if "json" in r.content_type else r.inputs,
+            "predictions": _parsed(r.predictions),
+        }
+        for r in records
+    ]
+
+
+class MongoStore(Store):
+    """Collections `inference_log`, `baselines`, `metric_snapshots`, `reference_data`."""
+
+    transient_errors = (PyMongoError, OSError)
+
+    def __init__(
+        self,
+        uri: str,
+        database: str,
+        *,
+        server_selection_timeout_ms: int = 2000,
+        client: AsyncMongoClient[dict[str, Any]] | None = None,
+    ) -> None:
+        self._client: AsyncMongoClient[dict[str, Any]] = client or AsyncMongoClient(
+            uri, serverSelectionTimeoutMS=server_selection_timeout_ms, tz_aware=True
+        )
+        self._db = self._client[database]
+        self.log = self._db["inference_log"]
+        self.baselines = self._db["baselines"]
+        self.snapshots = self._db["metric_snapshots"]
+        self.references = self._db["reference_data"]
+
+    async def open(self) -> None:
+        # Index creation needs the server; if it is down now, writes retry later
+        # and the indexes are made on the next start.
+        try:
+            await self.log.create_index(
+                [("model", ASCENDING), ("version", ASCENDING), ("ts", ASCENDING)],
+                name="model_version_ts",
+            )
+            await self.snapshots.create_index(
+                [("model", ASCENDING), ("version", ASCENDING), ("name", ASCENDING)],
+                name="model_version_name",
+                unique=True,
+            )
+        except PyMongoError:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "MongoDB is unreachable at start-up; records are kept and retried"
+            )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def insert_records(self, records: Sequence[InferenceRecord]) -> None:
+        docs = (
+            await asyncio.to_thread(_documents, records)
+            if len(records) > 64
+            else _documents(records)
+        )
+        try:
+            await self.log.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            # A retried batch may hit rows that already arrived: that is success.
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != _DUPLICATE_KEY for e in errors) or exc.details.get(
+                "writeConcernErrors"
+            ):
+                raise
+
+    async def iter_records(
+        self, model: str, version: str, start: float | None = None, end: float | None = None
+    ) -> AsyncIterator[InferenceRecord]:
+        query: dict[str, Any] = {"model": model, "version": version}
+        if start is not None or end is not None:
+            query["ts"] = {}
+            if start is not None:
+                query["ts"]["$gte"] = start
+            if end is not None:
+                query["ts"]["$lt"] = end
+        cursor = self.log.find(query, sort=[("ts", ASCENDING)], batch_size=1000)
+        async for doc in cursor:
+            yield InferenceRecord(
+                id=str(doc["_id"]), model=doc["model"], version=doc["version"], ts=doc["ts"],
+                content_type=doc.get("content_type", "application/json"),
+                inputs=doc.get("inputs"), predictions=doc.get("predictions"),
+            )  # fmt: skip
+
+    async def count_records(self, model: str, version: str) -> int:
+        return await self.log.count_documents({"model": model, "version": version})
+
+    async def set_baseline(self, model: str, version: str, baseline: Baseline) -> None:
+        await self.baselines.replace_one(
+            {"_id": f"{model}/{version}"},
+            {"model": model, "version": version, "metrics": baseline.metrics,
+             "source": baseline.source, "updated_at": baseline.updated_at},
+            upsert=True,
+        )  # fmt: skip
+
+    async def get_baseline(self, model: str, version: str) -> Baseline | None:
+        doc = await self.baselines.find_one({"_id": f"{model}/{version}"})
+        return Baseline(doc["metrics"], doc["source"], doc["updated_at"]) if doc else None
+
+    async def add_snapshot(self, model: str, version: str, snapshot: MetricsSnapshot) -> None:
+        await self.snapshots.insert_one(
+            {"model": model, "version": version, "name": snapshot.name, "ts": snapshot.ts,
+             "metrics": snapshot.metrics, "skipped": snapshot.skipped,
+             "n_samples": snapshot.n_samples}
+        )  # fmt: skip
+
+    async def list_snapshots(self, model: str, version: str) -> list[MetricsSnapshot]:
+        cursor = self.snapshots.find({"model": model, "version": version}, sort=[("ts", 1)])
+        return [
+            MetricsSnapshot(d["name"], d["ts"], d["metrics"], d.get("skipped", {}),
+                            d.get("n_samples", 0))
+            async for d in cursor
+        ]  # fmt: skip
+
+    async def set_reference(self, model: str, version: str, csv: bytes) -> None:
+        await self.references.replace_one(
+            {"_id": f"{model}/{version}"},
+            {"model": model, "version": version, "csv": csv, "updated_at": time.time()},
+            upsert=True,
+        )
+
+    async def get_reference(self, model: str, version: str) -> bytes | None:
+        doc = await self.references.find_one({"_id": f"{model}/{version}"})
+        return bytes(doc["csv"]) if doc else None

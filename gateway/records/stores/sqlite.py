@@ -1,0 +1,188 @@
+"""The embedded default store: one SQLite file in WAL mode, through aiosqlite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import aiosqlite
+
+from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot, Store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inference_log (
+    id           TEXT PRIMARY KEY,
+    model        TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    ts           REAL NOT NULL,
+    content_type TEXT NOT NULL,
+    inputs       TEXT,
+    predictions  TEXT
+);
+CREATE INDEX IF NOT EXISTS inference_log_model_ts ON inference_log (model, version, ts);
+CREATE TABLE IF NOT EXISTS baselines (
+    model TEXT NOT NULL, version TEXT NOT NULL,
+    metrics TEXT NOT NULL, source TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS metric_snapshots (
+    model TEXT NOT NULL, version TEXT NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL,
+    metrics TEXT NOT NULL, skipped TEXT NOT NULL, n_samples INTEGER NOT NULL,
+    PRIMARY KEY (model, version, name)
+);
+CREATE INDEX IF NOT EXISTS metric_snapshots_ts ON metric_snapshots (model, version, ts);
+CREATE TABLE IF NOT EXISTS reference_data (
+    model TEXT NOT NULL, version TEXT NOT NULL, csv BLOB NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
+"""
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+class SQLiteStore(Store):
+    """Everything in one file under the data dir; no server to run."""
+
+    transient_errors = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 1000, fetch_size: int = 1000) -> None:
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._fetch_size = fetch_size
+        self._db: aiosqlite.Connection | None = None
+        # Python's sqlite3 opens transactions implicitly; writers must not share one.
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path)
+        # A short busy timeout: a locked file makes a write fail fast and be retried
+        # by the log writer, instead of parking a thread for long.
+        await self._db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.executescript(_SCHEMA)
+        await self._db.commit()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def insert_records(self, records: Sequence[InferenceRecord]) -> None:
+        rows = [
+            (r.id, r.model, r.version, r.ts, r.content_type, _text(r.inputs), _text(r.predictions))
+            for r in records
+        ]
+        async with self._write_lock:
+            await self._insert(rows)
+
+    async def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
+        try:
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO inference_log"
+                " (id, model, version, ts, content_type, inputs, predictions)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            await self.db.commit()
+        except BaseException:
+            await self.db.rollback()
+            raise
+
+    async def iter_records(
+        self, model: str, version: str, start: float | None = None, end: float | None = None
+    ) -> AsyncIterator[InferenceRecord]:
+        sql = (
+            "SELECT id, model, version, ts, content_type, inputs, predictions"
+            " FROM inference_log WHERE model = ? AND version = ?"
+        )
+        args: list[object] = [model, version]
+        if start is not None:
+            sql += " AND ts >= ?"
+            args.append(start)
+        if end is not None:
+            sql += " AND ts < ?"
+            args.append(end)
+        sql += " ORDER BY ts"
+        # A connection of its own: a long export neither waits behind the log
+        # writer nor holds a read open on the writer's connection.
+        async with aiosqlite.connect(self.path) as reader:
+            async with reader.execute(sql, args) as cursor:
+                while rows := await cursor.fetchmany(self._fetch_size):
+                    for row in rows:
+                        yield InferenceRecord(*row)
+
+    async def count_records(self, model: str, version: str) -> int:
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM inference_log WHERE model = ? AND version = ?", (model, version)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        async with self._write_lock:
+            await self.db.execute(sql, args)
+            await self.db.commit()
+
+    async def set_baseline(self, model: str, version: str, baseline: Baseline) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO baselines (model, version, metrics, source, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (model, version, json.dumps(baseline.metrics), baseline.source, baseline.updated_at),
+        )
+
+    async def get_baseline(self, model: str, version: str) -> Baseline | None:
+        async with self.db.execute(
+            "SELECT metrics, source, updated_at FROM baselines WHERE model = ? AND version = ?",
+            (model, version),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Baseline(json.loads(row[0]), row[1], row[2]) if row else None
+
+    async def add_snapshot(self, model: str, version: str, snapshot: MetricsSnapshot) -> None:
+        await self._write(
+            "INSERT INTO metric_snapshots"
+            " (model, version, name, ts, metrics, skipped, n_samples) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                model, version, snapshot.name, snapshot.ts, json.dumps(snapshot.metrics),
+                json.dumps(snapshot.skipped), snapshot.n_samples,
+            ),
+        )  # fmt: skip
+
+    async def list_snapshots(self, model: str, version: str) -> list[MetricsSnapshot]:
+        async with self.db.execute(
+            "SELECT name, ts, metrics, skipped, n_samples FROM metric_snapshots"
+            " WHERE model = ? AND version = ? ORDER BY ts",
+            (model, version),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [MetricsSnapshot(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows]
+
+    async def set_reference(self, model: str, version: str, csv: bytes) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO reference_data (model, version, csv, updated_at)"
+            " VALUES (?, ?, ?, ?)",
+            (model, version, csv, time.time()),
+        )
+
+    async def get_reference(self, model: str, version: str) -> bytes | None:
+        async with self.db.execute(
+            "SELECT csv FROM reference_data WHERE model = ? AND version = ?", (model, version)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return bytes(row[0]) if row else None

@@ -1,0 +1,197 @@
+"""Logs what models are asked, off the hot path, in batches, losing nothing.
+
+`submit()` is all an inference request pays: one tuple appended to a deque.
+A background writer turns those into records and writes them in batches (by
+size or every `flush_interval`). When the store fails, batches wait and are
+retried with backoff; past `max_pending` they go to a local spool file and are
+replayed when the store is back. Only a failed spool write (a full disk) loses
+records, and `lost` counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.records.spool import Spool
+from gateway.records.stores.base import InferenceRecord, Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LogStats:
+    """Counters the metrics endpoint exports."""
+
+    submitted: int = 0
+    written: int = 0
+    retried: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    lost: int = 0
+    store_up: bool = True
+
+
+class InferenceLogger:
+    """Owns the pending records and the writer task."""
+
+    def __init__(
+        self,
+        store: Store,
+        spool_dir: Path,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.1,
+        max_pending: int = 50_000,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.spool = Spool(spool_dir)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self.max_backoff = max_backoff
+        self.stats = LogStats()
+        self._incoming: deque[tuple[float, str, str, str, bytes, bytes | None]] = deque()
+        self._retry: deque[InferenceRecord] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._replay_due = False
+
+    # ----------------------------------------------------------------- hot path
+
+    def submit(
+        self, model: str, version: str, content_type: str, inputs: bytes, answer: bytes | None
+    ) -> None:
+        """Queue one call's body and answer. Never blocks, never raises."""
+        self._incoming.append((time.time(), model, version, content_type, inputs, answer))
+        self.stats.submitted += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def depth(self) -> int:
+        return len(self._incoming) + len(self._retry)
+
+    # ------------------------------------------------------------------ writer
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="inference-log-writer")
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop the writer, then flush what is pending (or spool it)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+            self._task = None
+        try:
+            await asyncio.wait_for(self._flush(), timeout)
+        except (TimeoutError, *self.store.transient_errors) as exc:  # type: ignore[misc]
+            logger.warning("store unavailable at shutdown (%s); spooling %d", exc, self.depth)
+        await self._spill()
+
+    async def _run(self) -> None:
+        backoff = self.flush_interval
+        self._replay_due = bool(await asyncio.to_thread(self.spool.files))
+        while True:
+            if not self.depth and not self._replay_due:
+                self._wake.clear()
+                await self._wake.wait()
+            if len(self._incoming) < self.batch_size:
+                await asyncio.sleep(self.flush_interval)  # let a batch gather
+            try:
+                await self._flush()
+                if self._replay_due:
+                    self._replay_due = False
+                    await self._replay()
+            except Exception as exc:
+                if not isinstance(exc, self.store.transient_errors):
+                    logger.exception("inference log write failed unexpectedly")
+                elif self.stats.store_up:
+                    logger.warning("inference store unavailable (%s); keeping records", exc)
+                self.stats.store_up = False
+                self._replay_due = True
+                if self.depth > self.max_pending:
+                    await self._spill()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if not self.stats.store_up:
+                logger.info("inference store is back")
+            self.stats.store_up = True
+            backoff = self.flush_interval
+
+    def _next_batch(self) -> list[InferenceRecord]:
+        batch: list[InferenceRecord] = []
+        while self._retry and len(batch) < self.batch_size:
+            batch.append(self._retry.popleft())
+        while self._incoming and len(batch) < self.batch_size:
+            ts, model, version, content_type, inputs, answer = self._incoming.popleft()
+            batch.append(
+                InferenceRecord(
+                    id=uuid.uuid4().hex,
+                    model=model,
+                    version=version,
+                    ts=ts,
+                    content_type=content_type,
+                    inputs=inputs.decode("utf-8", "replace"),
+                    predictions=answer.decode("utf-8", "replace") if answer is not None else None,
+                )
+            )
+        return batch
+
+    async def _flush(self) -> None:
+        while batch := self._next_batch():
+            try:
+                await self.store.insert_records(batch)
+            except BaseException:
+                self._retry.extendleft(reversed(batch))
+                self.stats.retried += len(batch)
+                raise
+            self.stats.written += len(batch)
+            if self.depth > self.max_pending:
+                # The store is up but slower than the traffic: memory stays bounded.
+                await self._spill()
+
+    async def _spill(self) -> None:
+        """Move every pending record to the spool file."""
+        records: list[InferenceRecord] = []
+        while batch := self._next_batch():
+            records.extend(batch)
+        if not records:
+            return
+        try:
+            await asyncio.to_thread(self.spool.write, records)
+        except OSError as exc:
+            self.stats.lost += len(records)
+            logger.error("could not spool %d inference records: %s", len(records), exc)
+            return
+        self.stats.spooled += len(records)
+        self._replay_due = True
+        logger.warning("spooled %d inference records to %s", len(records), self.spool.directory)
+
+    async def _replay(self) -> None:
+        for path in await asyncio.to_thread(self.spool.files):
+            try:
+                records = await asyncio.to_thread(self.spool.read, path)
+            except (ValueError, TypeError) as exc:
+                # Never retry a damaged file forever; keep it aside for a person.
+                logger.error("spool file %s is damaged (%s); set aside", path, exc)
+                await asyncio.to_thread(path.rename, path.with_suffix(".damaged"))
+                continue
+            for i in range(0, len(records), self.batch_size):
+                if self.depth > self.max_pending // 2:
+                    # Live traffic comes first; the file is replayed whole later
+                    # (records already in are skipped by id).
+                    self._replay_due = True
+                    return
+                await self.store.insert_records(records[i : i + self.batch_size])
+            await asyncio.to_thread(self.spool.remove, path)
+            self.stats.replayed += len(records)
+            self.stats.written += len(records)
+            logger.info("replayed %d spooled inference records", len(records))

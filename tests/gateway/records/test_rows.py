@@ -1,0 +1,72 @@
+"""Normalising every MLflow input format into rows, and predictions into values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.records.rows import input_rows, prediction_values, record_rows
+from gateway.records.stores.base import InferenceRecord
+
+ROWS = [{"a": 1.0, "b": "x"}, {"a": 2.0, "b": "y"}]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dataframe_split": {"columns": ["a", "b"], "data": [[1.0, "x"], [2.0, "y"]]}},
+        {
+            "dataframe_split": {
+                "index": [5, 6],
+                "columns": ["a", "b"],
+                "data": [[1.0, "x"], [2.0, "y"]],
+            }
+        },
+        {"dataframe_records": ROWS},
+        {"instances": ROWS},
+        {"inputs": ROWS},
+        {"inputs": {"a": [1.0, 2.0], "b": ["x", "y"]}},
+        {"instances": {"a": [1.0, 2.0], "b": ["x", "y"]}},
+    ],
+)
+def test_json_formats(payload: dict) -> None:
+    assert input_rows(json.dumps(payload)) == ROWS
+    assert input_rows(payload) == ROWS  # already parsed (MongoDB documents)
+
+
+def test_tensors_get_positional_columns() -> None:
+    assert input_rows('{"instances": [[1, 2], [3, 4]]}') == [
+        {"feature_0": 1, "feature_1": 2},
+        {"feature_0": 3, "feature_1": 4},
+    ]
+    assert input_rows('{"inputs": [7, 8]}') == [{"input": 7}, {"input": 8}]
+
+
+def test_csv_and_garbage() -> None:
+    assert input_rows("a,b\n1,x\n2,y\n", "text/csv") == [{"a": "1", "b": "x"}, {"a": "2", "b": "y"}]
+    assert input_rows("{not json") == []
+    assert input_rows('{"unknown": 1}') == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "values"),
+    [
+        ('{"predictions": [1, 0]}', [1, 0]),
+        ('{"predictions": {"p": [0.1, 0.9]}}', [{"p": 0.1}, {"p": 0.9}]),
+        ("[3, 4]", [3, 4]),
+        ('{"outputs": [[0.2, 0.8]]}', [[0.2, 0.8]]),
+        (None, []),
+    ],
+)
+def test_prediction_values(answer: str | None, values: list) -> None:
+    assert prediction_values(answer) == values
+
+
+def test_record_rows_pairs_inputs_with_predictions() -> None:
+    record = InferenceRecord("i", "m", "1", 0.0, "application/json",
+                             json.dumps({"dataframe_records": ROWS}),
+                             '{"predictions": [{"label": 1, "p": 0.7}, {"label": 0, "p": 0.6}]}')  # fmt: skip
+    rows = list(record_rows(record))
+    assert rows[0] == {"a": 1.0, "b": "x", "prediction_label": 1, "prediction_p": 0.7,
+                       "timestamp": "1970-01-01T00:00:00+00:00"}  # fmt: skip

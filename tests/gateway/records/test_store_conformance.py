@@ -1,0 +1,101 @@
+"""One behaviour suite for every store: SQLite always, MongoDB whenever MONGODB_URI is set."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot, Store
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        from gateway.records.stores.sqlite import SQLiteStore
+
+        s: Store = SQLiteStore(tmp_path / "inference.db")
+        await s.open()
+        yield s
+        await s.close()
+        return
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        pytest.skip("MONGODB_URI is not set: no MongoDB server to run the conformance suite on")
+    from gateway.records.stores.mongo import MongoStore
+
+    database = f"modelgw_test_{uuid.uuid4().hex[:8]}"
+    mongo = MongoStore(uri, database)
+    await mongo.open()
+    yield mongo
+    await mongo._client.drop_database(database)
+    await mongo.close()
+
+
+def record(
+    i: int, model: str = "m", version: str = "1", ts: float | None = None
+) -> InferenceRecord:
+    return InferenceRecord(
+        id=f"r{i}-{model}-{version}",
+        model=model,
+        version=version,
+        ts=ts if ts is not None else float(i),
+        content_type="application/json",
+        inputs=f'{{"dataframe_records": [{{"a": {i}}}]}}',
+        predictions=f'{{"predictions": [{i}]}}',
+    )
+
+
+async def test_records_come_back_in_time_order_within_a_range(store: Store) -> None:
+    await store.insert_records([record(3), record(1), record(2), record(9, version="2")])
+    got = [r async for r in store.iter_records("m", "1")]
+    assert [r.id for r in got] == ["r1-m-1", "r2-m-1", "r3-m-1"]
+    ranged = [r.ts async for r in store.iter_records("m", "1", start=2.0, end=3.0)]
+    assert ranged == [2.0]
+    assert await store.count_records("m", "1") == 3
+    assert await store.count_records("m", "2") == 1
+
+
+async def test_writes_are_idempotent_by_id(store: Store) -> None:
+    await store.insert_records([record(1), record(2)])
+    await store.insert_records([record(2), record(3)])  # a retried batch overlaps
+    assert await store.count_records("m", "1") == 3
+
+
+async def test_record_bodies_survive(store: Store) -> None:
+    await store.insert_records([record(7)])
+    [r] = [r async for r in store.iter_records("m", "1")]
+    inputs = r.inputs if isinstance(r.inputs, dict) else __import__("json").loads(r.inputs)
+    assert inputs == {"dataframe_records": [{"a": 7}]}
+
+
+async def test_baselines_are_replaced(store: Store) -> None:
+    assert await store.get_baseline("m", "1") is None
+    await store.set_baseline("m", "1", Baseline({"accuracy": 0.9}, "run a", 1.0))
+    await store.set_baseline("m", "1", Baseline({"accuracy": 0.8, "f1": 0.7}, "run b", 2.0))
+    baseline = await store.get_baseline("m", "1")
+    assert baseline is not None and baseline.metrics == {"accuracy": 0.8, "f1": 0.7}
+    assert baseline.source == "run b"
+
+
+async def test_snapshots_in_order_and_by_name(store: Store) -> None:
+    await store.add_snapshot("m", "1", MetricsSnapshot("b.json", 20.0, {"accuracy": 0.5}, {}, 4))
+    await store.add_snapshot("m", "1", MetricsSnapshot("a.json", 10.0, {"accuracy": 0.9},
+                                                      {"auc": "needs scores"}, 3))  # fmt: skip
+    snapshots = await store.list_snapshots("m", "1")
+    assert [s.name for s in snapshots] == ["a.json", "b.json"]
+    assert snapshots[0].skipped == {"auc": "needs scores"} and snapshots[0].n_samples == 3
+    found = await store.get_snapshot("m", "1", "b.json")
+    assert found is not None and found.metrics == {"accuracy": 0.5}
+    assert await store.get_snapshot("m", "1", "zzz.json") is None
+    assert await store.list_snapshots("m", "2") == []
+
+
+async def test_reference_data_is_replaced(store: Store) -> None:
+    assert await store.get_reference("m", "1") is None
+    await store.set_reference("m", "1", b"a,b\n1,2\n")
+    await store.set_reference("m", "1", b"a,b\n3,4\n")
+    assert await store.get_reference("m", "1") == b"a,b\n3,4\n"

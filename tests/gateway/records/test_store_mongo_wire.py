@@ -1,0 +1,103 @@
+"""The MongoDB store at the wire level, against mockupdb (MongoDB's wire-protocol test server).
+
+These check the commands the driver sends: one batched insert, a filtered and
+sorted find, the index creation. The conformance suite checks behaviour
+against a real server whenever MONGODB_URI is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from mockupdb import MockupDB
+from pymongo.errors import BulkWriteError
+
+from gateway.records.stores.base import InferenceRecord
+from gateway.records.stores.mongo import MongoStore
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[MockupDB]:
+    mock = MockupDB(auto_ismaster={"maxWireVersion": 21, "minWireVersion": 0})
+    mock.run()
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture
+async def store(server: MockupDB) -> AsyncIterator[MongoStore]:
+    s = MongoStore(server.uri, "mlflow", server_selection_timeout_ms=3000)
+    yield s
+    await s.close()
+
+
+async def receive(server: MockupDB) -> Any:
+    return await asyncio.to_thread(server.receives, timeout=10)
+
+
+def records(n: int) -> list[InferenceRecord]:
+    return [
+        InferenceRecord(f"id{i}", "wine", "1", 100.0 + i, "application/json",
+                        '{"instances": [[1.5, 2]]}', '{"predictions": [1]}')
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def test_a_batch_is_one_unordered_insert_of_parsed_documents(server, store) -> None:
+    task = asyncio.create_task(store.insert_records(records(3)))
+    request = await receive(server)
+    assert request.command_name == "insert"
+    assert request["insert"] == "inference_log" and request["ordered"] is False
+    docs = request.docs[0]["documents"]
+    assert [d["_id"] for d in docs] == ["id0", "id1", "id2"]
+    assert docs[0]["inputs"] == {"instances": [[1.5, 2]]}  # stored parsed, not as text
+    assert docs[0]["predictions"] == {"predictions": [1]}
+    request.ok(n=3)
+    await task
+
+
+async def test_duplicates_from_a_retried_batch_are_success(server, store) -> None:
+    task = asyncio.create_task(store.insert_records(records(2)))
+    (await receive(server)).ok(n=1, writeErrors=[{"index": 0, "code": 11000, "errmsg": "dup"}])
+    await task
+
+
+async def test_other_write_errors_raise(server, store) -> None:
+    task = asyncio.create_task(store.insert_records(records(2)))
+    (await receive(server)).ok(n=1, writeErrors=[{"index": 0, "code": 2, "errmsg": "bad"}])
+    with pytest.raises(BulkWriteError):
+        await task
+
+
+async def test_export_is_a_filtered_sorted_find(server, store) -> None:
+    async def collect() -> list[InferenceRecord]:
+        return [r async for r in store.iter_records("wine", "1", start=10.0, end=20.0)]
+
+    task = asyncio.create_task(collect())
+    request = await receive(server)
+    assert request.command_name == "find"
+    assert request["filter"] == {"model": "wine", "version": "1", "ts": {"$gte": 10.0, "$lt": 20.0}}
+    assert request["sort"] == {"ts": 1}
+    doc = {"_id": "a", "model": "wine", "version": "1", "ts": 12.0,
+           "content_type": "application/json", "inputs": {"instances": [[1]]},
+           "predictions": {"predictions": [0]}}  # fmt: skip
+    request.reply({"cursor": {"id": 0, "ns": "mlflow.inference_log", "firstBatch": [doc]}, "ok": 1})
+    [record] = await task
+    assert record.id == "a" and record.ts == 12.0 and record.inputs == {"instances": [[1]]}
+
+
+async def test_open_creates_the_indexes(server, store) -> None:
+    task = asyncio.create_task(store.open())
+    first = await receive(server)
+    assert first.command_name == "createIndexes"
+    assert first["createIndexes"] == "inference_log"
+    assert dict(first["indexes"][0]["key"]) == {"model": 1, "version": 1, "ts": 1}
+    first.ok()
+    second = await receive(server)
+    assert second["createIndexes"] == "metric_snapshots"
+    assert second["indexes"][0]["unique"] is True
+    second.ok()
+    await task
