@@ -8,6 +8,7 @@ replaced key by key, never mutated while a request reads a deployment's list.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from supervisor.errors import BackendStartError, NotDeployed
 from supervisor.probe import ping
 from supervisor.process import ChildProcess, Command, sweep_orphan_group
 from supervisor.state_store import DeploymentRecord, StateStore
-from supervisor.states import State
+from supervisor.states import State, can_transition
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Manager:
         self._listener = listener
         self._locks: dict[str, asyncio.Lock] = {}
         self.table: dict[str, Deployment] = {}
+        # Clean-ups started from done-callbacks, which cannot await; close() does.
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public
 
@@ -87,10 +90,7 @@ class Manager:
             )
             self.table[record.key] = deployment
             for replica in deployment.replicas:
-                replica.task = asyncio.create_task(
-                    self._keep_alive(deployment, replica, first_start=None),
-                    name=f"keep-alive {record.key}#{replica.index}",
-                )
+                self._supervise(deployment, replica, first_start=None)
             logger.info("restoring deployment %s on ports %s", record.key, [r[1] for r in rows])
 
     async def deploy(self, record: DeploymentRecord, replicas: int = 1) -> tuple[Deployment, bool]:
@@ -175,6 +175,8 @@ class Manager:
         deployments = list(self.table.values())
         self.table.clear()
         await asyncio.gather(*(self._stop_all(d) for d in deployments))
+        if self._background:
+            await asyncio.wait(self._background)
 
     # ---------------------------------------------------------------- internals
 
@@ -212,10 +214,7 @@ class Manager:
         for replica in replicas:
             first: asyncio.Future[None] = loop.create_future()
             firsts.append(first)
-            replica.task = asyncio.create_task(
-                self._keep_alive(deployment, replica, first_start=first),
-                name=f"keep-alive {deployment.key}#{replica.index}",
-            )
+            self._supervise(deployment, replica, first_start=first)
         try:
             await asyncio.gather(*firsts)
         except BaseException:
@@ -237,8 +236,64 @@ class Manager:
         return self._locks.setdefault(key, asyncio.Lock())
 
     def _emit(self, event: str, deployment: Deployment, replica: Replica) -> None:
-        if self._listener is not None:
+        if self._listener is None:
+            return
+        try:
             self._listener(event, deployment, replica)
+        except Exception:
+            # A listener's bug must not end the supervision of a backend.
+            logger.exception("event listener failed on %r for %s", event, deployment.key)
+
+    def _supervise(
+        self, deployment: Deployment, replica: Replica, first_start: asyncio.Future[None] | None
+    ) -> None:
+        """Give `replica` its owner task; its end, expected or not, is handled."""
+        task = asyncio.create_task(
+            self._keep_alive(deployment, replica, first_start),
+            name=f"keep-alive {deployment.key}#{replica.index}",
+        )
+        task.add_done_callback(
+            functools.partial(self._supervision_ended, deployment, replica, first_start)
+        )
+        replica.task = task
+
+    def _supervision_ended(
+        self,
+        deployment: Deployment,
+        replica: Replica,
+        first_start: asyncio.Future[None] | None,
+        task: asyncio.Task[None],
+    ) -> None:
+        """Make an owner task's end visible; a user's deploy is always answered."""
+        name = f"{deployment.key}#{replica.index}"
+        if task.cancelled():
+            error = BackendStartError(f"{name} was stopped before it was ready")
+        elif (exc := task.exception()) is None:
+            error = BackendStartError(replica.last_error or f"{name} did not start")
+        else:
+            # A bug: without this the replica would sit in its last state forever.
+            logger.error("supervision of %s died", name, exc_info=exc)
+            replica.last_error = f"supervision failed: {type(exc).__name__}: {exc}"
+            replica.healthy = False
+            if replica.state is State.RUNNING:
+                replica.transition(State.BACKOFF)  # RUNNING -> BACKOFF: nobody watches it now
+            if can_transition(replica.state, State.FATAL):
+                replica.transition(State.FATAL)  # STARTING|BACKOFF -> FATAL
+            process = replica.process
+            if process is not None and process.returncode is None:
+                self._in_background(process.stop(self.config.stop_timeout))
+            self._emit("fatal", deployment, replica)
+            error = BackendStartError(replica.last_error)
+        if first_start is not None and not first_start.done():
+            first_start.set_exception(error)
+
+    def _in_background(self, work: Awaitable[object]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _keep_alive(
         self, deployment: Deployment, replica: Replica, first_start: asyncio.Future[None] | None
@@ -255,7 +310,11 @@ class Manager:
             replica.transition(State.STARTING)  # STOPPED|BACKOFF|FATAL -> STARTING
             try:
                 await self._start(deployment, replica)
-            except BackendStartError as exc:
+            except Exception as raised:
+                exc = _start_error(raised)
+                if exc is not raised:
+                    logger.warning("%s#%d: unexpected error while starting", key, replica.index,
+                                   exc_info=raised)  # fmt: skip
                 replica.last_error = f"{exc}\n{exc.log_tail}".strip()
                 if first_start is not None:
                     if not first_start.done():
@@ -320,22 +379,45 @@ class Manager:
             await asyncio.sleep(delay)
 
     async def _start(self, deployment: Deployment, replica: Replica) -> None:
-        """Spawn the backend and wait until its /ping answers, or raise."""
-        command = await self._command_factory(deployment.record, replica.port)
-        log_path = self.config.log_dir / f"{deployment.key}.{replica.index}.log"
-        replica.process = await ChildProcess.spawn(command, log_path)
-        replica.started_at = time.time()
-        await self._store.set_pid(deployment.key, replica.index, replica.process.pid)
+        """Build the command, spawn the backend and wait until its /ping answers.
+
+        The whole of it is bounded by `deploy_timeout`: building the command may
+        download artifacts, and a deploy must answer within that time.
+        """
+        timeout = self.config.deploy_timeout
+        deadline = time.monotonic() + timeout
+        replica.process = None
+        scope = asyncio.timeout(timeout)
         try:
-            await self._wait_ready(replica)
-        except BaseException:
-            await replica.process.stop(self.config.stop_timeout)
+            async with scope:
+                try:
+                    command = await self._command_factory(deployment.record, replica.port)
+                except Exception as exc:
+                    raise BackendStartError(
+                        f"could not build the backend command: {type(exc).__name__}: {exc}"
+                    ) from exc
+                log_path = self.config.log_dir / f"{deployment.key}.{replica.index}.log"
+                replica.process = await ChildProcess.spawn(command, log_path)
+                replica.started_at = time.time()
+                await self._store.set_pid(deployment.key, replica.index, replica.process.pid)
+                await self._wait_ready(replica, deadline)
+        except BaseException as exc:
+            process = replica.process
+            tail = ""
+            if process is not None:
+                await process.stop(self.config.stop_timeout)
+                tail = await process.log_tail()
+            if isinstance(exc, TimeoutError) and scope.expired():
+                if process is None:
+                    message = f"could not build the backend command within {timeout:g}s"
+                else:
+                    message = f"backend on port {replica.port} was not ready after {timeout:g}s"
+                raise BackendStartError(message, tail) from None
             raise
 
-    async def _wait_ready(self, replica: Replica) -> None:
+    async def _wait_ready(self, replica: Replica, deadline: float) -> None:
         process = replica.process
         assert process is not None
-        deadline = time.monotonic() + self.config.deploy_timeout
         url = f"{replica.base_url}/ping"
         while True:
             if process.returncode is not None:
@@ -397,9 +479,22 @@ class Manager:
             await asyncio.wait({task})
         replica.task = None
         replica.healthy = False
-        if replica.state is not State.STOPPED:
+        if replica.state is State.BACKOFF:
+            # BACKOFF -> STOPPED: nothing runs while a restart waits (the stop
+            # below only covers a task cancelled in the middle of its own stop).
+            if replica.process is not None:
+                await replica.process.stop(self.config.stop_timeout)
+            replica.transition(State.STOPPED)
+        elif replica.state is not State.STOPPED:
             replica.transition(State.STOPPING)  # any -> STOPPING
             if replica.process is not None:
                 await replica.process.stop(self.config.stop_timeout)
             replica.transition(State.STOPPED)  # STOPPING -> STOPPED
         self._emit("stopped", deployment, replica)
+
+
+def _start_error(exc: Exception) -> BackendStartError:
+    """Any failure of a start as a BackendStartError that names its cause."""
+    if isinstance(exc, BackendStartError):
+        return exc
+    return BackendStartError(f"could not start the backend: {type(exc).__name__}: {exc}")

@@ -2,7 +2,7 @@
 
 STOPPED -> STARTING -> RUNNING -> (exit or failed probe) -> BACKOFF -> STARTING
 STARTING -> BACKOFF (failed start) -> ... -> FATAL after too many failures
-any -> STOPPING -> STOPPED
+any -> STOPPING -> STOPPED; BACKOFF -> STOPPED (nothing runs while a restart waits)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING, State.STOPPING}),
     State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.STOPPING, State.FATAL}),
     State.RUNNING: frozenset({State.BACKOFF, State.STOPPING}),
-    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.FATAL}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.STOPPED, State.FATAL}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.FATAL: frozenset({State.STARTING, State.STOPPING}),
 }

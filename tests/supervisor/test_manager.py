@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -37,6 +38,7 @@ class Harness:
         start, end = free_port_range(3)
         self.port_range = range(start, end + 1)
         self.events: list[tuple[str, str]] = []
+        self.factory = fake_command
         self.config = SupervisorConfig(
             log_dir=tmp_path / "logs", deploy_timeout=5, stop_timeout=2,
             health_interval=0.2, health_timeout=0.5, health_failures=2, max_start_retries=3,
@@ -46,7 +48,7 @@ class Harness:
         self.store = await StateStore.open(self.tmp_path / "state.db", self.port_range)
         self.session = aiohttp.ClientSession()
         return Manager(
-            self.store, fake_command, self.config, self.session,
+            self.store, self.factory, self.config, self.session,
             listener=lambda event, d, r: self.events.append((event, d.key)),
         )  # fmt: skip
 
@@ -62,8 +64,6 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
 
 
 async def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
@@ -185,5 +185,119 @@ async def test_a_failed_replace_keeps_the_old_backends(harness: Harness) -> None
         assert deployment.replicas == [old] and old.routable
         assert deployment.record.options["mode"] == "ready"
         assert await harness.store.count_free_ports() == len(harness.port_range) - 1
+    finally:
+        await harness.close(manager)
+
+
+# --------------------------------------------- a start that fails in any way
+
+
+async def test_a_command_factory_that_raises_fails_the_deploy_with_its_reason(
+    harness: Harness,
+) -> None:
+    async def broken(rec: DeploymentRecord, port: int) -> Command:
+        raise RuntimeError("the registry is unreachable")
+
+    harness.factory = broken
+    manager = await harness.open()
+    try:
+        with pytest.raises(BackendStartError) as info:
+            await asyncio.wait_for(manager.deploy(record("m-1")), 10)
+        assert "could not build the backend command" in str(info.value)
+        assert "RuntimeError: the registry is unreachable" in str(info.value)
+        assert manager.table == {}
+        assert await harness.store.load() == []
+    finally:
+        await harness.close(manager)
+
+
+async def test_a_hanging_command_factory_is_bounded_by_the_deploy_timeout(
+    harness: Harness,
+) -> None:
+    async def stuck(rec: DeploymentRecord, port: int) -> Command:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    harness.factory = stuck
+    harness.config = dataclasses.replace(harness.config, deploy_timeout=0.5)
+    manager = await harness.open()
+    try:
+        with pytest.raises(BackendStartError, match=r"within 0\.5s"):
+            await asyncio.wait_for(manager.deploy(record("m-1")), 10)
+        assert manager.table == {}
+    finally:
+        await harness.close(manager)
+
+
+async def test_a_restored_deployment_whose_factory_raises_goes_fatal(harness: Harness) -> None:
+    manager = await harness.open()
+    await manager.deploy(record("m-1"))
+    await harness.close(manager)
+
+    async def broken(rec: DeploymentRecord, port: int) -> Command:
+        raise OSError("disk full")
+
+    harness.factory = broken
+    harness.config = dataclasses.replace(harness.config, max_start_retries=2, backoff_cap=0.05)
+    manager = await harness.open()
+    try:
+        await manager.restore()
+        replica = manager.table["m-1"].replicas[0]
+        await wait_for(lambda: replica.state is State.FATAL)
+        assert replica.last_error is not None and "OSError: disk full" in replica.last_error
+        assert ("fatal", "m-1") in harness.events
+    finally:
+        await harness.close(manager)
+
+
+async def test_a_supervision_bug_before_the_first_start_still_answers_the_deploy(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_detector(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug in supervision")
+
+    monkeypatch.setattr("supervisor.manager.FlapDetector", broken_detector)
+    manager = await harness.open()
+    try:
+        with pytest.raises(BackendStartError, match="bug in supervision"):
+            await asyncio.wait_for(manager.deploy(record("m-1")), 10)
+        assert manager.table == {}
+    finally:
+        await harness.close(manager)
+
+
+async def test_a_supervision_task_that_dies_is_logged_and_visible(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = await harness.open()
+
+    async def broken_watch(*args: object) -> str:
+        raise RuntimeError("bug while watching")
+
+    monkeypatch.setattr(manager, "_watch", broken_watch)
+    try:
+        deployment, _ = await manager.deploy(record("m-1"))
+        replica = deployment.replicas[0]
+        await wait_for(lambda: replica.state is State.FATAL)
+        assert not replica.routable
+        assert "RuntimeError: bug while watching" in (replica.last_error or "")
+        assert ("fatal", "m-1") in harness.events
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+        assert any("bug while watching" in str(r.exc_info[1]) for r in errors if r.exc_info)
+    finally:
+        await harness.close(manager)
+
+
+async def test_a_listener_that_raises_does_not_stop_supervision(harness: Harness) -> None:
+    def listener(event: str, d: object, r: object) -> None:
+        raise RuntimeError("listener bug")
+
+    manager = await harness.open()
+    manager._listener = listener
+    try:
+        deployment, _ = await manager.deploy(record("m-1"))
+        replica = deployment.replicas[0]
+        os.kill(replica.process.pid, signal.SIGKILL)
+        await wait_for(lambda: replica.restarts == 1 and replica.routable)
     finally:
         await harness.close(manager)

@@ -9,7 +9,7 @@ import pytest
 from supervisor.backoff import FlapDetector, backoff_delay
 from supervisor.deployment import Replica
 from supervisor.errors import InvalidTransition
-from supervisor.states import State
+from supervisor.states import State, can_transition
 
 
 def test_happy_path_and_crash_loop_transitions() -> None:
@@ -36,9 +36,16 @@ def test_illegal_transitions_raise(start: State, target: State) -> None:
 
 
 def test_a_stop_during_backoff_goes_straight_to_stopped() -> None:
+    # Nothing runs while a restart waits, so there is nothing to stop first.
+    assert can_transition(State.BACKOFF, State.STOPPED)
     replica = Replica(0, 1, state=State.BACKOFF)
-    replica.transition(State.STOPPING)
     replica.transition(State.STOPPED)
+    assert replica.state is State.STOPPED
+    # A replica with a live backend must pass through STOPPING.
+    for running in (State.STARTING, State.RUNNING):
+        assert not can_transition(running, State.STOPPED)
+        with pytest.raises(InvalidTransition):
+            Replica(0, 1, state=running).transition(State.STOPPED)
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
