@@ -8,12 +8,14 @@ replaced key by key, never mutated while a request reads a deployment's list.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -170,6 +172,51 @@ class Manager:
             logger.info("undeployed %s", key)
             return deployment
 
+    async def wait_ready(self, key: str, timeout: float) -> Deployment:
+        """Return once every replica of `key` is running and healthy.
+
+        A key restored after a gateway restart is deployed but may still be
+        starting; a deploy call for it waits here as a first deploy would.
+        Raises NotDeployed, or BackendStartError when a replica is fatal or
+        `timeout` passes first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            deployment = self._get(key)  # re-read: an undeploy ends the wait
+            replicas = list(deployment.replicas)
+            if all(r.routable for r in replicas):
+                return deployment
+            fatal = [r for r in replicas if r.state is State.FATAL]
+            if fatal:
+                reasons = "; ".join(f"#{r.index}: {_first_line(r.last_error)}" for r in fatal)
+                raise BackendStartError(
+                    f"{key} cannot start: {reasons}", await self._log_tail(fatal[0])
+                )
+            if time.monotonic() >= deadline:
+                states = ", ".join(f"#{r.index} {_state_of(r)}" for r in replicas)
+                laggard = next(r for r in replicas if not r.routable)
+                raise BackendStartError(
+                    f"{key} was not ready after {timeout:g}s: {states}",
+                    await self._log_tail(laggard),
+                )
+            await asyncio.sleep(self.config.ready_poll_interval)
+
+    async def set_options(self, key: str, options: dict[str, Any]) -> Deployment:
+        """Merge `options` into the deployment's record and persist them.
+
+        Under the key's lock, so a concurrent replace or scale never loses them;
+        the record is replaced, never mutated, so a reader sees old or new.
+        """
+        async with self._lock(key):
+            deployment = self._get(key)
+            record = dataclasses.replace(
+                deployment.record, options={**deployment.record.options, **options}
+            )
+            await self._store.update_record(record)
+            deployment.record = record
+            logger.info("set options of %s: %s", key, options)
+            return deployment
+
     async def close(self) -> None:
         """Stop every backend but keep the desired state for the next boot."""
         deployments = list(self.table.values())
@@ -231,6 +278,9 @@ class Manager:
         await asyncio.gather(*(self._stop_replica(deployment, r) for r in replicas))
         for replica in replicas:
             await self._store.remove_replica(deployment.key, replica.index)
+
+    async def _log_tail(self, replica: Replica) -> str:
+        return await replica.process.log_tail() if replica.process is not None else ""
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -498,3 +548,12 @@ def _start_error(exc: Exception) -> BackendStartError:
     if isinstance(exc, BackendStartError):
         return exc
     return BackendStartError(f"could not start the backend: {type(exc).__name__}: {exc}")
+
+
+def _state_of(replica: Replica) -> str:
+    unhealthy = replica.state is State.RUNNING and not replica.healthy
+    return f"{replica.state.value} (unhealthy)" if unhealthy else replica.state.value
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "no error recorded").splitlines()[0]

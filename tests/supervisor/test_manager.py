@@ -301,3 +301,77 @@ async def test_a_listener_that_raises_does_not_stop_supervision(harness: Harness
         await wait_for(lambda: replica.restarts == 1 and replica.routable)
     finally:
         await harness.close(manager)
+
+
+# ------------------------------------------------- wait_ready and set_options
+
+
+async def test_wait_ready_waits_for_a_restored_deployment(harness: Harness) -> None:
+    manager = await harness.open()
+    await manager.deploy(record("m-1"), replicas=2)
+    await harness.close(manager)
+
+    manager = await harness.open()
+    try:
+        await manager.restore()
+        deployment = await asyncio.wait_for(manager.wait_ready("m-1", 10), 15)
+        assert deployment is manager.table["m-1"]
+        assert len(deployment.replicas) == 2 and all(r.routable for r in deployment.replicas)
+        with pytest.raises(NotDeployed):
+            await manager.wait_ready("m-2", 1)
+    finally:
+        await harness.close(manager)
+
+
+async def test_wait_ready_reports_a_fatal_replica_with_its_output(harness: Harness) -> None:
+    manager = await harness.open()
+    await manager.deploy(record("m-1"))
+    await manager.set_options("m-1", {"mode": "exit"})  # the next start fails
+    await harness.close(manager)
+
+    harness.config = dataclasses.replace(harness.config, max_start_retries=1, backoff_cap=0.05)
+    manager = await harness.open()
+    try:
+        await manager.restore()
+        with pytest.raises(BackendStartError) as info:
+            await asyncio.wait_for(manager.wait_ready("m-1", 10), 15)
+        assert "#0" in str(info.value) and "exited with code 3" in str(info.value)
+        assert "fatal: cannot load model" in info.value.log_tail
+    finally:
+        await harness.close(manager)
+
+
+async def test_wait_ready_times_out_naming_each_replica_state(harness: Harness) -> None:
+    manager = await harness.open()
+    await manager.deploy(record("m-1"))
+    await manager.set_options("m-1", {"mode": "never-ready"})
+    await harness.close(manager)
+
+    manager = await harness.open()
+    try:
+        await manager.restore()
+        with pytest.raises(BackendStartError, match=r"not ready after 0\.3s.*#0 starting"):
+            await asyncio.wait_for(manager.wait_ready("m-1", 0.3), 10)
+    finally:
+        await harness.close(manager)
+
+
+async def test_set_options_merges_persists_and_waits_for_the_key_lock(harness: Harness) -> None:
+    manager = await harness.open()
+    try:
+        deployment, _ = await manager.deploy(record("m-1"))
+        before = deployment.record
+        await manager.set_options("m-1", {"max_batch_size": 8})
+        assert deployment.record.options == {"mode": "ready", "max_batch_size": 8}
+        assert before.options == {"mode": "ready"}  # readers of the old record see no change
+        # set_options queues behind a replace on the same key, so neither loses the other.
+        await asyncio.gather(
+            manager.replace(record("m-1"), 1), manager.set_options("m-1", {"max_batch_size": 4})
+        )
+        assert deployment.record.options == {"mode": "ready", "max_batch_size": 4}
+        [(saved, _)] = await harness.store.load()
+        assert saved.options == {"mode": "ready", "max_batch_size": 4}
+        with pytest.raises(NotDeployed):
+            await manager.set_options("m-2", {"max_batch_size": 2})
+    finally:
+        await harness.close(manager)
