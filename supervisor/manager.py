@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from supervisor.backoff import FlapDetector, backoff_delay
+from supervisor.clock import Clock, SystemClock
 from supervisor.deployment import Deployment, Replica
 from supervisor.errors import BackendStartError, NotDeployed
 from supervisor.probe import ping
@@ -64,12 +64,14 @@ class Manager:
         config: SupervisorConfig,
         probe_session: aiohttp.ClientSession,
         listener: EventListener | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
         self._command_factory = command_factory
         self.config = config
         self._session = probe_session
         self._listener = listener
+        self._clock: Clock = clock or SystemClock()
         self._locks: dict[str, asyncio.Lock] = {}
         self.table: dict[str, Deployment] = {}
         # Clean-ups started from done-callbacks, which cannot await; close() does.
@@ -105,7 +107,7 @@ class Manager:
             existing = self.table.get(record.key)
             if existing is not None:
                 return existing, False
-            started = time.monotonic()
+            started = self._clock.now()
             ports = await self._store.reserve(record, replicas)
             deployment = Deployment(
                 record, [Replica(i, port, self.config.host) for i, port in enumerate(ports)]
@@ -119,7 +121,7 @@ class Manager:
                 await self._store.remove(record.key)
                 raise
             logger.info(
-                "deployed %s on ports %s in %.1fs", record.key, ports, time.monotonic() - started
+                "deployed %s on ports %s in %.1fs", record.key, ports, self._clock.now() - started
             )
             return deployment, True
 
@@ -180,7 +182,7 @@ class Manager:
         Raises NotDeployed, or BackendStartError when a replica is fatal or
         `timeout` passes first.
         """
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.now() + timeout
         while True:
             deployment = self._get(key)  # re-read: an undeploy ends the wait
             replicas = list(deployment.replicas)
@@ -192,14 +194,14 @@ class Manager:
                 raise BackendStartError(
                     f"{key} cannot start: {reasons}", await self._log_tail(fatal[0])
                 )
-            if time.monotonic() >= deadline:
+            if self._clock.now() >= deadline:
                 states = ", ".join(f"#{r.index} {_state_of(r)}" for r in replicas)
                 laggard = next(r for r in replicas if not r.routable)
                 raise BackendStartError(
                     f"{key} was not ready after {timeout:g}s: {states}",
                     await self._log_tail(laggard),
                 )
-            await asyncio.sleep(self.config.ready_poll_interval)
+            await self._clock.sleep(self.config.ready_poll_interval)
 
     async def set_options(self, key: str, options: dict[str, Any]) -> Deployment:
         """Merge `options` into the deployment's record and persist them.
@@ -386,10 +388,11 @@ class Manager:
                     failures,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 continue
 
             replica.transition(State.RUNNING)  # STARTING -> RUNNING
+            up_since = self._clock.now()
             replica.healthy = True
             replica.last_error = None
             if first_start is not None:
@@ -405,9 +408,9 @@ class Manager:
             replica.healthy = False
             replica.transition(State.BACKOFF)
             replica.last_error = reason
-            uptime = time.time() - (replica.started_at or time.time())
+            uptime = self._clock.now() - up_since
             failures = 1 if uptime >= self.config.stable_after else failures + 1
-            flapping = flaps.record(time.monotonic())
+            flapping = flaps.record(self._clock.now())
             if replica.process is not None:
                 await replica.process.stop(self.config.stop_timeout)
             replica.restarts += 1
@@ -426,7 +429,7 @@ class Manager:
                 delay,
                 " (flapping)" if flapping else "",
             )
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
 
     async def _start(self, deployment: Deployment, replica: Replica) -> None:
         """Build the command, spawn the backend and wait until its /ping answers.
@@ -435,7 +438,7 @@ class Manager:
         download artifacts, and a deploy must answer within that time.
         """
         timeout = self.config.deploy_timeout
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.now() + timeout
         replica.process = None
         scope = asyncio.timeout(timeout)
         try:
@@ -448,7 +451,7 @@ class Manager:
                     ) from exc
                 log_path = self.config.log_dir / f"{deployment.key}.{replica.index}.log"
                 replica.process = await ChildProcess.spawn(command, log_path)
-                replica.started_at = time.time()
+                replica.started_at = self._clock.wall()
                 await self._store.set_pid(deployment.key, replica.index, replica.process.pid)
                 await self._wait_ready(replica, deadline)
         except BaseException as exc:
@@ -476,7 +479,7 @@ class Manager:
                     " before it was ready",
                     await process.log_tail(),
                 )
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock.now()
             if remaining <= 0:
                 raise BackendStartError(
                     f"backend on port {replica.port} was not ready after"
@@ -485,7 +488,7 @@ class Manager:
                 )
             if await ping(self._session, url, min(self.config.health_timeout, remaining)):
                 return
-            await asyncio.sleep(min(self.config.ready_poll_interval, max(remaining, 0)))
+            await self._clock.sleep(min(self.config.ready_poll_interval, max(remaining, 0)))
 
     async def _watch(self, replica: Replica) -> str:
         """Wait until the backend exits or misses `health_failures` pings in a row."""
@@ -496,6 +499,8 @@ class Manager:
         url = f"{replica.base_url}/ping"
         try:
             while True:
+                # Health checks tick on the loop's own time, not the injected clock:
+                # a fake clock's instant sleep would turn this wait into a busy loop.
                 done, _ = await asyncio.wait({exited}, timeout=self.config.health_interval)
                 if done:
                     return f"backend exited with code {exited.result()}"
@@ -512,10 +517,10 @@ class Manager:
 
     async def _drain(self, replicas: list[Replica]) -> None:
         """Give requests already sent to these replicas time to finish."""
-        deadline = time.monotonic() + self.config.drain_timeout
+        deadline = self._clock.now() + self.config.drain_timeout
         # Polling keeps the hot path free of any event bookkeeping per request.
-        while any(r.in_flight for r in replicas) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        while any(r.in_flight for r in replicas) and self._clock.now() < deadline:
+            await self._clock.sleep(0.02)
 
     async def _stop_all(self, deployment: Deployment) -> None:
         await asyncio.gather(*(self._stop_replica(deployment, r) for r in deployment.replicas))
