@@ -82,6 +82,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_records(self, model: str, version: str) -> int: ...
 
+    async def has_records(self, model: str, version: str) -> bool:
+        """Whether any call of this version was ever logged; stores answer it cheaper."""
+        return await self.count_records(model, version) > 0
+
     @abc.abstractmethod
     async def set_baseline(self, model: str, version: str, baseline: Baseline) -> None: ...
 

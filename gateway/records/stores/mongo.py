@@ -21,11 +21,27 @@ from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapsh
 _DUPLICATE_KEY = 11000
 
 
+class _BeyondInt64(ValueError):
+    pass
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise _BeyondInt64(text)
+    return value
+
+
 def _parsed(value: Any) -> Any:
+    """A JSON body as a document, or the text itself when BSON could not hold it exactly.
+
+    Floats are kept as they parse (a Python float is a BSON double, bit for bit);
+    an integer past 64 bits would fail the whole batch, so that body stays text.
+    """
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return json.loads(value, parse_int=_int64)
+        except ValueError:  # not JSON, or _BeyondInt64
             return value
     return value
 
@@ -126,6 +142,10 @@ class MongoStore(Store):
 
     async def count_records(self, model: str, version: str) -> int:
         return await self.log.count_documents({"model": model, "version": version})
+
+    async def has_records(self, model: str, version: str) -> bool:
+        found = await self.log.find_one({"model": model, "version": version}, projection={"_id": 1})
+        return found is not None
 
     async def set_baseline(self, model: str, version: str, baseline: Baseline) -> None:
         await self.baselines.replace_one(

@@ -134,6 +134,12 @@ class SQLiteStore(Store):
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    async def has_records(self, model: str, version: str) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM inference_log WHERE model = ? AND version = ? LIMIT 1", (model, version)
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
     async def _write(self, sql: str, args: tuple[object, ...]) -> None:
         async with self._write_lock:
             await self.db.execute(sql, args)

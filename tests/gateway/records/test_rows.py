@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
 
-from gateway.records.rows import input_rows, prediction_values, record_rows
+from gateway.records.rows import (
+    columns_of,
+    csv_chunk,
+    csv_line,
+    input_rows,
+    jsonl_chunk,
+    prediction_values,
+    record_rows,
+)
 from gateway.records.stores.base import InferenceRecord
 
 ROWS = [{"a": 1.0, "b": "x"}, {"a": 2.0, "b": "y"}]
@@ -70,3 +80,31 @@ def test_record_rows_pairs_inputs_with_predictions() -> None:
     rows = list(record_rows(record))
     assert rows[0] == {"a": 1.0, "b": "x", "prediction_label": 1, "prediction_p": 0.7,
                        "timestamp": "1970-01-01T00:00:00+00:00"}  # fmt: skip
+
+
+# Floats whose shortest exact text has 17 significant digits, or that sit at the
+# edges of the double range: any formatting or parsing short of repr changes them.
+EXACT = [-0.044641636506989144, 0.05068011873981862, 0.1 + 0.2, 5e-324,
+         1.7976931348623157e308, -0.0, 123456789.12345679, 1e-7]  # fmt: skip
+COLUMNS = [f"x{i}" for i in range(len(EXACT))]
+
+
+@pytest.mark.parametrize("parsed", [False, True], ids=["text", "document"])
+def test_export_keeps_every_float_exact(parsed: bool) -> None:
+    payload = {"dataframe_split": {"columns": COLUMNS, "data": [EXACT, EXACT[::-1]]}}
+    answer = {"predictions": [0.30000000000000004, -0.044641636506989144]}
+    record = InferenceRecord("i", "m", "1", 0.0, "application/json",
+                             payload if parsed else json.dumps(payload),
+                             answer if parsed else json.dumps(answer))  # fmt: skip
+    columns = list(columns_of([record]))
+    exported = list(csv.DictReader(io.StringIO(csv_line(columns) + csv_chunk([record], columns))))
+    assert [[repr(float(row[c])) for c in COLUMNS] for row in exported] == [
+        [repr(v) for v in EXACT],
+        [repr(v) for v in EXACT[::-1]],
+    ]
+    assert [float(row["prediction"]) for row in exported] == answer["predictions"]
+    lines = [json.loads(line) for line in jsonl_chunk([record]).splitlines()]
+    assert [[repr(line[c]) for c in COLUMNS] for line in lines] == [
+        [repr(v) for v in EXACT],
+        [repr(v) for v in EXACT[::-1]],
+    ]

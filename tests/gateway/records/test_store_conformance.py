@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.records.rows import record_rows
 from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot, Store
 
 
@@ -99,3 +101,21 @@ async def test_reference_data_is_replaced(store: Store) -> None:
     await store.set_reference("m", "1", b"a,b\n1,2\n")
     await store.set_reference("m", "1", b"a,b\n3,4\n")
     assert await store.get_reference("m", "1") == b"a,b\n3,4\n"
+
+
+async def test_logged_floats_come_back_exactly(store: Store) -> None:
+    exact = [-0.044641636506989144, 0.05068011873981862, 0.1 + 0.2, 5e-324, -0.0]
+    body = json.dumps({"dataframe_split": {"columns": list("abcde"), "data": [exact]}})
+    await store.insert_records([InferenceRecord("f1", "m", "1", 1.0, "application/json",
+                                                body, '{"predictions": [0.30000000000000004]}')])  # fmt: skip
+    [r] = [r async for r in store.iter_records("m", "1")]
+    [row] = list(record_rows(r))
+    assert [repr(row[c]) for c in "abcde"] == [repr(v) for v in exact]
+    assert repr(row["prediction"]) == "0.30000000000000004"
+
+
+async def test_has_records(store: Store) -> None:
+    assert await store.has_records("m", "1") is False
+    await store.insert_records([record(1, version="2")])
+    assert await store.has_records("m", "1") is False
+    assert await store.has_records("m", "2") is True

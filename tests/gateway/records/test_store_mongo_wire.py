@@ -8,6 +8,7 @@ against a real server whenever MONGODB_URI is set.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from mockupdb import MockupDB
 from pymongo.errors import BulkWriteError
 
+from gateway.records.rows import record_rows
 from gateway.records.stores.base import InferenceRecord
 from gateway.records.stores.mongo import MongoStore
 
@@ -101,3 +103,53 @@ async def test_open_creates_the_indexes(server, store) -> None:
     assert second["indexes"][0]["unique"] is True
     second.ok()
     await task
+
+
+EXACT = [-0.044641636506989144, 0.05068011873981862, 0.1 + 0.2, 5e-324, -0.0]
+
+
+async def test_floats_go_over_the_wire_exactly(server, store) -> None:
+    body = json.dumps({"dataframe_split": {"columns": list("abcde"), "data": [EXACT]}})
+    record = InferenceRecord("f", "m", "1", 1.0, "application/json", body,
+                             '{"predictions": [0.30000000000000004]}')  # fmt: skip
+    task = asyncio.create_task(store.insert_records([record]))
+    request = await receive(server)
+    [doc] = request.docs[0]["documents"]
+    assert [repr(v) for v in doc["inputs"]["dataframe_split"]["data"][0]] == [
+        repr(v) for v in EXACT
+    ]
+    assert repr(doc["predictions"]["predictions"][0]) == "0.30000000000000004"
+    request.ok(n=1)
+    await task
+
+    async def collect() -> list[InferenceRecord]:
+        return [r async for r in store.iter_records("m", "1")]
+
+    task2 = asyncio.create_task(collect())
+    find = await receive(server)
+    find.reply({"cursor": {"id": 0, "ns": "mlflow.inference_log", "firstBatch": [doc]}, "ok": 1})
+    [back] = await task2
+    [row] = list(record_rows(back))
+    assert [repr(row[c]) for c in "abcde"] == [repr(v) for v in EXACT]
+
+
+async def test_an_integer_bson_cannot_hold_is_stored_as_text(server, store) -> None:
+    """JSON integers have no size limit; BSON's stop at 64 bits. The body stays text."""
+    body = '{"instances": [[123456789012345678901234567890, 1.5]]}'
+    record = InferenceRecord("big", "m", "1", 1.0, "application/json", body, '{"predictions": [1]}')
+    task = asyncio.create_task(store.insert_records([record]))
+    request = await receive(server)
+    [doc] = request.docs[0]["documents"]
+    assert doc["inputs"] == body and doc["predictions"] == {"predictions": [1]}
+    request.ok(n=1)
+    await task
+
+
+async def test_has_records_fetches_one_id(server, store) -> None:
+    task = asyncio.create_task(store.has_records("m", "1"))
+    request = await receive(server)
+    assert request.command_name == "find"
+    assert request["filter"] == {"model": "m", "version": "1"}
+    assert request["limit"] == 1 and request["projection"] == {"_id": 1}
+    request.reply({"cursor": {"id": 0, "ns": "mlflow.inference_log", "firstBatch": []}, "ok": 1})
+    assert await task is False
