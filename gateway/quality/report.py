@@ -45,6 +45,17 @@ class ReportInput:
     records_capped: bool = False
 
 
+def reference_frame(csv_bytes: bytes | None) -> pd.DataFrame:
+    """The reference CSV as a table, every float exactly as written.
+
+    pandas' default float parser is fast but can be an ulp off, which splits a
+    value the clients send exactly into two: a drift that is not there.
+    """
+    if not csv_bytes:
+        return pd.DataFrame()
+    return pd.read_csv(io.BytesIO(csv_bytes), float_precision="round_trip")
+
+
 def _current_frame(records: Sequence[InferenceRecord]) -> pd.DataFrame:
     rows = []
     for record in records:
@@ -89,23 +100,29 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _feature_plot(feature: str, reference: pd.Series, current: pd.Series, numeric: bool) -> bytes:
+def _feature_plot(feature: str, reference: pd.Series, current: pd.Series) -> bytes:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.5, 2.8))
     ax = fig.add_subplot()
-    if numeric:
-        ref = pd.to_numeric(reference, errors="coerce").dropna()
-        cur = pd.to_numeric(current, errors="coerce").dropna()
+    reference, current = reference.dropna(), current.dropna()
+    numbers = drift.numbers_of(reference, current)
+    if numbers is not None and not drift.is_discrete(numbers[0]):
+        ref, cur = numbers
         # Shared bin edges, so the two histograms compare bar for bar.
-        bins = np.histogram_bin_edges(pd.concat([ref, cur]).to_numpy(dtype=float), bins=20).tolist()
+        bins = np.histogram_bin_edges(np.concatenate([ref, cur]), bins=20).tolist()
         ax.hist(ref, bins=bins, alpha=0.55, density=True, label=f"reference (n={len(ref)})")
         if len(cur):
             ax.hist(cur, bins=bins, alpha=0.55, density=True, label=f"recent (n={len(cur)})")
     else:
-        ref_share = reference.astype(str).value_counts(normalize=True)
-        cur_share = current.astype(str).value_counts(normalize=True)
-        table = pd.DataFrame({"reference": ref_share, "recent": cur_share}).fillna(0).head(20)
+        # Bars by category; a discrete number's bars go by value (1 and 1.0 are one bar).
+        ref_cat = pd.Series(numbers[0]) if numbers is not None else reference.astype(str)
+        cur_cat = pd.Series(numbers[1]) if numbers is not None else current.astype(str)
+        table = pd.DataFrame({"reference": ref_cat.value_counts(normalize=True),
+                              "recent": cur_cat.value_counts(normalize=True)})  # fmt: skip
+        table = table.fillna(0).head(20)
+        if numbers is not None:
+            table.index = pd.Index([f"{v:.4g}" for v in table.index])
         table.plot.bar(ax=ax)
     ax.set_title(feature, fontsize=10)
     ax.legend(fontsize=7)
@@ -149,7 +166,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
     """(zip bytes, summary) for one model version."""
     missing: list[str] = []
-    reference = pd.read_csv(io.BytesIO(inp.reference_csv)) if inp.reference_csv else pd.DataFrame()
+    reference = reference_frame(inp.reference_csv)
     if reference.empty:
         missing.append("reference data: log data/dataset.csv in the MLflow run or "
                        "PUT /model/{key}/reference with a CSV body")  # fmt: skip
@@ -217,9 +234,8 @@ def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
         if recent.empty:
             recent = current
         for feature in drift.features_of(reference, current)[:MAX_PLOTTED_FEATURES]:
-            numeric = drift.is_numeric(reference[feature].dropna())
             plots[f"plots/feature_{_safe(feature)}.png"] = _feature_plot(
-                feature, reference[feature], recent[feature], numeric
+                feature, reference[feature], recent[feature]
             )
     metrics_png = _metrics_plot(metrics)
     if metrics_png:
