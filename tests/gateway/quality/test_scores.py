@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 
 from gateway.quality import drift
 from gateway.quality.report import ReportInput, build_report
-from gateway.quality.scores import canonical, compute_metrics
+from gateway.quality.scores import canonical, compute_metrics, training_classes
 from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot
 
 
@@ -90,3 +90,70 @@ def test_report_zip_contents() -> None:
         -1 / 3
     )
     assert "plots/metrics.png" in files.namelist()
+
+
+THREE = [0, 1, 2]
+
+
+def test_one_right_answer_of_a_multi_class_model_is_perfect() -> None:
+    values, skipped = compute_metrics(["accuracy", "f1_score", "precision", "recall"], [0], [0],
+                                      classes=THREE)  # fmt: skip
+    assert skipped == {}
+    assert values == {"accuracy": 1.0, "f1_score": 1.0, "precision": 1.0, "recall": 1.0}
+
+
+def test_two_classes_of_a_multi_class_model_average_as_multi_class() -> None:
+    truth, pred = [0, 0, 2, 2, 2], [0, 2, 2, 2, 0]
+    values, skipped = compute_metrics(["f1", "precision", "recall"], truth, pred, classes=THREE)
+    assert skipped == {}
+    assert values["f1"] == pytest.approx(skm.f1_score(truth, pred, average="weighted"))
+    assert values["precision"] == pytest.approx(
+        skm.precision_score(truth, pred, average="weighted")
+    )
+
+
+def test_classes_outside_the_known_ones_count_too() -> None:
+    """Feedback may hold a class the training data lacked: the union decides."""
+    truth, pred = [0, 1, 2], [0, 1, 1]
+    values, _ = compute_metrics(["recall"], truth, pred, classes=[0, 1])
+    assert values["recall"] == pytest.approx(skm.recall_score(truth, pred, average="weighted"))
+
+
+@pytest.mark.parametrize(
+    ("classes", "truth", "pred", "positive"),
+    [
+        ([0, 1], [1, 0, 1, 1], [1, 1, 0, 1], 1),
+        (["no", "yes"], ["yes", "no", "yes", "yes"], ["yes", "yes", "no", "yes"], "yes"),
+        ([1, 2], [2, 1, 2, 2], [2, 2, 1, 2], 2),
+        ([-1, 1], [1, -1, 1, 1], [1, 1, -1, 1], 1),
+    ],
+)
+def test_a_binary_model_is_scored_on_its_positive_class(
+    classes: list, truth: list, pred: list, positive: object
+) -> None:
+    values, skipped = compute_metrics(["f1", "precision", "recall"], truth, pred, classes=classes)
+    assert skipped == {}
+    assert values["f1"] == pytest.approx(skm.f1_score(truth, pred, pos_label=positive))
+    assert values["recall"] == pytest.approx(skm.recall_score(truth, pred, pos_label=positive))
+
+
+def test_a_batch_of_one_class_of_a_binary_model() -> None:
+    # Only negatives, all right: recall and f1 have no positive row to measure.
+    values, skipped = compute_metrics(["accuracy", "precision", "recall", "f1"], [0, 0], [0, 0],
+                                      classes=[0, 1])  # fmt: skip
+    assert values == {"accuracy": 1.0}
+    assert set(skipped) == {"precision", "recall", "f1"}
+    assert all("positive class" in why for why in skipped.values())
+    # Only positives, all right: a perfect score, not a failed look-up of label 1.
+    values, skipped = compute_metrics(["precision", "recall", "f1"], ["yes"], ["yes"],
+                                      classes=["no", "yes"])  # fmt: skip
+    assert skipped == {} and values == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
+def test_training_classes_come_from_the_target_column() -> None:
+    reference = pd.DataFrame({"x": [0.5, 1.5, 2.5, 3.5], "target": [2, 0, 1, 0]})
+    assert training_classes(reference.to_csv(index=False).encode()) == [0, 1, 2]
+    labelled = pd.DataFrame({"x": [1.0, 2.0], "Label": ["yes", "no"]})
+    assert training_classes(labelled.to_csv(index=False).encode()) == ["no", "yes"]
+    assert training_classes(b"x,y_hat\n1,2\n") is None
+    assert training_classes(None) is None
