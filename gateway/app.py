@@ -19,8 +19,9 @@ from gateway.api import data as data_api
 from gateway.api import management, ops
 from gateway.app_keys import (
     BATCHERS,
+    DEPLOYER,
     INFERENCE_LOG,
-    MANAGER,
+    LAUNCHER,
     METRICS,
     REGISTRY,
     ROUTES,
@@ -30,10 +31,10 @@ from gateway.app_keys import (
     UPSTREAM,
 )
 from gateway.dataplane import proxy
-from gateway.dataplane.batching import configure_batching, drop_batcher
 from gateway.dataplane.upstream import UpstreamPool
-from gateway.deploy.launchers import command_factory
+from gateway.deploy.launchers import make_launcher
 from gateway.deploy.registry import Registry
+from gateway.deploy.service import DeployService
 from gateway.edge.auth import Authenticator, Scope, auth_middleware, load_htpasswd
 from gateway.edge.request_ids import echo_request_id, flush_periodically
 from gateway.edge.telemetry import GatewayMetrics
@@ -106,13 +107,17 @@ async def _inference_log(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = UpstreamPool(read_timeout=settings.backend_timeout, max_idle=settings.max_connections)
+    pool = UpstreamPool(
+        read_timeout=settings.backend_timeout,
+        max_idle=settings.max_connections,
+        resend_dropped=app[LAUNCHER].resend_safe,
+    )
     app[UPSTREAM] = pool
     yield
     await pool.close()
 
 
-async def _manager(app: web.Application) -> AsyncIterator[None]:
+async def _deployer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Probes get their own small pool, so a flood of inference calls never
     # starves the health checks that decide whether a backend is restarted.
@@ -120,21 +125,19 @@ async def _manager(app: web.Application) -> AsyncIterator[None]:
         connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=4.0)
     ) as probe_session:
         manager = Manager(
-            app[STATE_STORE], command_factory(settings), supervisor_config(settings),
-            probe_session,
+            app[STATE_STORE], app[LAUNCHER].build, supervisor_config(settings), probe_session
+        )
+        deployer = DeployService(
+            manager, app[REGISTRY], app[STORE], app[METRICS], app[UPSTREAM],
+            ready_timeout=settings.deploy_timeout,
         )  # fmt: skip
-        app[MANAGER] = manager
+        app[DEPLOYER] = deployer
+        app[BATCHERS] = deployer.batchers
         app[ROUTES] = manager.table
         app[METRICS].watch(manager.table, lambda: app.get(INFERENCE_LOG))
-        await manager.restore()
-        for deployment in manager.table.values():
-            await configure_batching(app, deployment)
+        await deployer.restore()
         yield
-        batchers: dict[str, object] = app[BATCHERS]
-        for key in list(batchers.keys()):
-            await drop_batcher(app, key)
-        logger.info("stopping %d deployment(s)", len(manager.table))
-        await manager.close()
+        await deployer.close()
 
 
 def _htpasswd(settings: Settings) -> dict[str, bytes] | None:
@@ -203,14 +206,14 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTRY] = Registry(settings.tracking_uri)
     metrics = GatewayMetrics()
     app[METRICS] = metrics
-    app[BATCHERS] = {}
+    app[LAUNCHER] = make_launcher(settings)
     app.on_response_prepare.append(echo_request_id)
     app.cleanup_ctx.append(flush_periodically)
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(_data_store)
     app.cleanup_ctx.append(_inference_log)
     app.cleanup_ctx.append(_upstream_pool)
-    app.cleanup_ctx.append(_manager)
+    app.cleanup_ctx.append(_deployer)
     management.add_routes(app)
     data_api.add_routes(app)
     ops.add_routes(app)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from supervisor.errors import BackendStartError, NoFreePort, NotDeployed
+from supervisor.errors import BackendStartError, NoFreePort, NotDeployed, SupervisorError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class DeploymentNotFound(GatewayError):
     status, code = 404, "deployment_not_found"
 
 
+class Conflict(GatewayError):
+    status, code = 409, "conflict"
+
+
 class RequestTimeout(GatewayError):
     status, code = 408, "request_timeout"
 
@@ -81,6 +85,12 @@ class RegistryUnavailable(GatewayError):
     status, code = 502, "registry_unavailable"
 
 
+class InternalError(GatewayError):
+    """A bug of ours, already logged with its traceback where it happened."""
+
+    status, code = 500, "internal_error"
+
+
 def error_response(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -93,20 +103,28 @@ def error_response(
 
 
 # aiohttp's own HTTP errors (unknown route, wrong method, body too large) get codes too.
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "too_many_requests",
     431: "headers_too_large",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "gateway_timeout",
 }
 
 
-def _from_supervisor(exc: Exception) -> GatewayError | None:
+def from_supervisor(exc: SupervisorError) -> GatewayError:
+    """The HTTP face of an error the supervisor raised on purpose."""
     if isinstance(exc, NoFreePort):
         return NoPortAvailable(str(exc), headers={"Retry-After": "30"})
     if isinstance(exc, NotDeployed):
@@ -114,7 +132,9 @@ def _from_supervisor(exc: Exception) -> GatewayError | None:
     if isinstance(exc, BackendStartError):
         tail = f"; last output:\n{exc.log_tail}" if exc.log_tail else ""
         return DeployFailed(f"{exc}{tail}")
-    return None
+    # Anything else the supervisor raises (an invalid state transition) is a bug.
+    logger.error("supervisor error: %r", exc)
+    return InternalError("an unexpected supervisor error occurred; see the logs")
 
 
 @web.middleware
@@ -128,7 +148,7 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
+        code = HTTP_CODES.get(exc.status, "http_error")
         detail = exc.reason if exc.text is None else exc.text
         if exc.status == 405:
             detail = f"{request.method} is not allowed on {request.path}"
@@ -136,9 +156,9 @@ async def error_middleware(
             detail = f"no route for {request.method} {request.path}"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, detail, headers)
-    except Exception as exc:
-        mapped = _from_supervisor(exc)
-        if mapped is not None:
-            return error_response(mapped.status, mapped.code, mapped.detail, mapped.headers)
+    except SupervisorError as exc:
+        mapped = from_supervisor(exc)
+        return error_response(mapped.status, mapped.code, mapped.detail, mapped.headers)
+    except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "an unexpected error occurred; see the logs")

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     """Seconds a proxied inference call may take before the caller gets 504."""
 
     max_connections: int = Field(512, ge=1, validation_alias=_env("GATEWAY_MAX_CONNECTIONS"))
-    """Keep-alive connections the shared client pool may hold to all backends."""
+    """Idle keep-alive connections the upstream pool keeps per backend (more are opened
+    under load and closed when they would exceed this)."""
 
     max_body_mb: float = Field(64.0, gt=0, validation_alias=_env("GATEWAY_MAX_BODY_MB"))
     """Largest request body accepted, in MiB; larger bodies get 413."""
@@ -85,7 +86,17 @@ class Settings(BaseSettings):
     filled in. Overrides the launcher for every deployment."""
 
     backend_workers: int = Field(1, ge=1, validation_alias=_env("GATEWAY_BACKEND_WORKERS"))
-    """Server worker processes per backend (scale out with more deployments instead)."""
+    """Server worker processes per backend (`--workers` of MLflow's scoring server; scale
+    out with replicas instead: each worker loads the model again)."""
+
+    backend_idempotent: bool = Field(False, validation_alias=_env("GATEWAY_BACKEND_IDEMPOTENT"))
+    """The custom backend command's /invocations has no side effects, so a call on a
+    connection the backend closed before answering may be sent again (MLflow's own
+    servers always allow it)."""
+
+    backend_stack_traces: bool = Field(False, validation_alias=_env("GATEWAY_BACKEND_STACK_TRACES"))
+    """Pass a backend's Python stack trace (MLflow's `stack_trace`) to callers in error
+    answers; off by default, as it shows server internals."""
 
     log_inputs: bool = Field(True, validation_alias=_env("GATEWAY_LOG_INPUTS"))
     """Log every inference call's inputs and predictions to the store (0 turns it off)."""

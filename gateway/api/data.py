@@ -19,8 +19,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app_keys import SETTINGS, STORE, UPSTREAM
-from gateway.dataplane.proxy import lookup, post_bytes
+from gateway.dataplane.backend_call import call_backend
+from gateway.dataplane.proxy import lookup
 from gateway.edge.params import read_body, read_json_object, resolve_key, single_query
+from gateway.edge.request_ids import request_id
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -191,10 +193,12 @@ def _feedback_timestamp(raw: Any) -> float:
 
 async def _predict(request: web.Request, payload: dict[str, Any]) -> list[Any]:
     """Predictions for `payload` through the same pooled path as inference."""
-    _, replica = lookup(request)
-    status, body, _ = await post_bytes(
-        request.app[UPSTREAM], replica, json.dumps(payload).encode(), "application/json"
-    )
+    answer = await call_backend(
+        request.app[UPSTREAM], lookup(request), "POST", "/invocations",
+        "Content-Type: application/json\r\n" + f"X-Request-ID: {request_id(request)}\r\n",
+        json.dumps(payload).encode(), None, whole=True,
+    )  # fmt: skip
+    status, body = answer.status, answer.body
     if status >= 400:
         detail = body.decode("utf-8", "replace")[:2000]
         raise PredictionFailed(f"the model rejected the inputs ({status}): {detail}")

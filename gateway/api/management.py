@@ -5,35 +5,25 @@ Paths are the original's, so existing scripts keep working.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 
 from aiohttp import web
 
-from gateway.app_keys import (
-    BATCHERS,
-    INFERENCE_LOG,
-    MANAGER,
-    METRICS,
-    REGISTRY,
-    ROUTES,
-    SETTINGS,
-    STATE_STORE,
+from gateway.app_keys import DEPLOYER, INFERENCE_LOG, REGISTRY, ROUTES, SETTINGS, STATE_STORE
+from gateway.deploy.options import (
+    DEFAULT_BATCH_DELAY_MS,
+    ENV_MANAGERS,
+    MAX_BATCH_DELAY_MS,
+    MAX_BATCH_SIZE,
+    MAX_REPLICAS,
+    DeployRequest,
 )
-from gateway.dataplane.batching import configure_batching, drop_batcher
-from gateway.deploy.baselines import capture_baseline
-from gateway.deploy.launchers import ENV_MANAGERS
-from gateway.edge.names import check_model_name, check_version, deployment_key
+from gateway.edge.names import check_model_name, check_version
 from gateway.edge.params import int_query, resolve_key, single_query
 from gateway.errors import BadRequest, DeploymentNotFound
 from supervisor.deployment import Deployment
-from supervisor.state_store import DeploymentRecord
 
 logger = logging.getLogger(__name__)
-
-MAX_REPLICAS = 16
-MAX_BATCH_SIZE = 4096
 
 
 async def health(request: web.Request) -> web.Response:
@@ -74,7 +64,9 @@ def _batching_options(request: web.Request) -> dict[str, int]:
     if single_query(request, "max_batch_size") is not None:
         options["max_batch_size"] = int_query(request, "max_batch_size", 1, 1, MAX_BATCH_SIZE)
     if single_query(request, "max_batch_delay_ms") is not None:
-        options["max_batch_delay_ms"] = int_query(request, "max_batch_delay_ms", 5, 0, 10_000)
+        options["max_batch_delay_ms"] = int_query(
+            request, "max_batch_delay_ms", DEFAULT_BATCH_DELAY_MS, 0, MAX_BATCH_DELAY_MS
+        )
     return options
 
 
@@ -97,59 +89,35 @@ def _deploy_body(deployment: Deployment, message: str) -> dict[str, object]:
     }  # fmt: skip
 
 
+def _deploy_request(request: web.Request) -> DeployRequest:
+    env_manager = single_query(request, "env_manager")
+    if env_manager is not None and env_manager not in ENV_MANAGERS:
+        raise BadRequest(f"env_manager must be one of {', '.join(ENV_MANAGERS)}")
+    replicas = None
+    if single_query(request, "replicas") is not None:
+        replicas = int_query(request, "replicas", 1, 1, MAX_REPLICAS)
+    return DeployRequest(
+        name=check_model_name(request.match_info["model"]),
+        version=check_version(request.match_info["version"]),
+        env_manager=env_manager,
+        replicas=replicas,
+        replace=_bool_query(request, "replace"),
+        batching=_batching_options(request),
+    )
+
+
 async def deploy(request: web.Request) -> web.Response:
     """POST /deploy/{model}/{version}: 201 when started, 200 when already deployed.
 
+    Answers once the deployment is ready (or failed), within the deploy timeout.
     `replace=true` on a deployed key starts new backends, switches to them once
-    ready and drains the old ones; batching options on a deployed key change
-    its batching in place.
+    ready and drains the old ones; replicas and batching options on a deployed
+    key are applied in place.
     """
-    name = check_model_name(request.match_info["model"])
-    version = check_version(request.match_info["version"])
-    env_manager = single_query(request, "env_manager") or "local"
-    if env_manager not in ENV_MANAGERS:
-        raise BadRequest(f"env_manager must be one of {', '.join(ENV_MANAGERS)}")
-    replicas = int_query(request, "replicas", 1, 1, MAX_REPLICAS)
-    replace = _bool_query(request, "replace")
-    batching = _batching_options(request)
-    key = deployment_key(name, version)
-    app = request.app
-    manager = app[MANAGER]
-
-    existing = manager.table.get(key)
-    if existing is not None and not replace:
-        if batching:
-            options = {**existing.record.options, **batching}
-            existing.record = dataclasses.replace(existing.record, options=options)
-            await app[STATE_STORE].update_record(existing.record)
-            await configure_batching(app, existing)
-            return web.json_response(_deploy_body(existing, f"{key}: batching set to {batching}"))
-        return web.json_response(
-            _deploy_body(existing, f"{key} is already deployed; nothing was started")
-        )
-
-    info = await app[REGISTRY].resolve(name, version)
-    options = {**(existing.record.options if existing else {}), **batching}
-    record = DeploymentRecord(
-        key=key, model_name=name, version=version, run_uuid=info.run_id,
-        env_manager=env_manager, options=options, created_at=time.time(),
-    )  # fmt: skip
-    started = time.monotonic()
-    if existing is not None:
-        if single_query(request, "replicas") is None:
-            replicas = len(existing.replicas)
-        deployment = await manager.replace(record, replicas)
-        created, message = False, f"replaced the backends of {key} without downtime"
-    else:
-        deployment, created = await manager.deploy(record, replicas=replicas)
-        message = f"deployed {key}: POST /{key} to call it"
-        if not created:
-            message = f"{key} is already deployed; nothing was started"
-    if created or existing is not None:
-        app[METRICS].deploy_duration.labels(key).set(time.monotonic() - started)
-        await configure_batching(app, deployment)
-        await capture_baseline(app, name, version, info.run_id)
-    return web.json_response(_deploy_body(deployment, message), status=201 if created else 200)
+    outcome = await request.app[DEPLOYER].deploy(_deploy_request(request))
+    return web.json_response(
+        _deploy_body(outcome.deployment, outcome.message), status=201 if outcome.created else 200
+    )
 
 
 async def scale(request: web.Request) -> web.Response:
@@ -158,21 +126,19 @@ async def scale(request: web.Request) -> web.Response:
     if single_query(request, "replicas") is None:
         raise BadRequest("give the new replica count as ?replicas=N")
     replicas = int_query(request, "replicas", 1, 1, MAX_REPLICAS)
-    manager = request.app[MANAGER]
-    if key not in manager.table:
+    deployer = request.app[DEPLOYER]
+    if key not in deployer.table:
         raise DeploymentNotFound(f"{key!r} is not deployed")
-    deployment = await manager.scale(key, replicas)
+    deployment = await deployer.scale(key, replicas)
     return web.json_response(_deploy_body(deployment, f"{key} runs {replicas} replica(s)"))
 
 
 async def undeploy(request: web.Request) -> web.Response:
     key = request.match_info["key"]
-    manager = request.app[MANAGER]
-    if key not in manager.table:
+    deployer = request.app[DEPLOYER]
+    if key not in deployer.table:
         raise DeploymentNotFound(f"{key!r} is not deployed")
-    await drop_batcher(request.app, key)
-    deployment = await manager.undeploy(key)
-    request.app[METRICS].forget(key)
+    deployment = await deployer.undeploy(key)
     ports = [r.port for r in deployment.replicas]
     return web.json_response(
         {"key": key, "status": "undeployed", "freed_ports": ports,
@@ -181,15 +147,7 @@ async def undeploy(request: web.Request) -> web.Response:
 
 
 async def get_deployed_models(request: web.Request) -> web.Response:
-    table = request.app[ROUTES]
-    batchers = request.app[BATCHERS]
-    body = {}
-    for key, deployment in table.items():
-        entry = deployment.describe()
-        batcher = batchers.get(key)
-        entry["batching"] = None if batcher is None else batcher.describe()
-        body[key] = entry
-    return web.json_response(body)
+    return web.json_response(request.app[DEPLOYER].describe())
 
 
 async def get_number_free_ports(request: web.Request) -> web.Response:

@@ -11,6 +11,8 @@ import html
 from typing import Any
 
 from gateway import __version__
+from gateway.deploy.options import ENV_MANAGERS, MAX_BATCH_DELAY_MS, MAX_BATCH_SIZE, MAX_REPLICAS
+from supervisor.states import State
 
 JSON = "application/json"
 
@@ -69,7 +71,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["replica", "port", "status", "healthy", "restarts"],
         "properties": {
             "replica": {"type": "integer"}, "port": {"type": "integer"},
-            "status": {"type": "string", "enum": ["stopped", "starting", "running", "backoff", "stopping", "fatal"]},
+            "status": {"type": "string", "enum": [s.value for s in State]},
             "healthy": {"type": "boolean"}, "pid": NULLABLE_INT, "started_at": NULLABLE_STRING,
             "restarts": {"type": "integer"}, "last_error": NULLABLE_STRING,
         },
@@ -129,7 +131,11 @@ INFERENCE_BODY = {
 # The backend's own errors (e.g. MLflow's 400 for a bad payload) pass through unchanged.
 INFERENCE_RESPONSES = {
     "200": _json(ANY_JSON, "The backend's answer, byte for byte"),
-    "default": _json(ANY_JSON, "A gateway error (`{error, detail}`) or the backend's own error"),
+    "default": _json(
+        _ref("Error"),
+        "A JSON error: the gateway's, or the backend's in the same"
+        " shape (MLflow's `error_code` and `message` kept)",
+    ),
 }
 
 
@@ -146,14 +152,14 @@ def build_spec() -> dict[str, Any]:
             "Deploy a model version (idempotent)",
             {"201": _json(_ref("DeployResult"), "Started"), "200": _json(_ref("DeployResult"), "Already deployed")},
             params=[MODEL, VERSION,
-                    _param("env_manager", "query", {"type": "string", "enum": ["local", "virtualenv", "uv", "conda"]}),
-                    _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": 16}),
+                    _param("env_manager", "query", {"type": "string", "enum": list(ENV_MANAGERS)}),
+                    _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS}),
                     _param("replace", "query", {"type": "boolean"}, "Zero-downtime redeploy of a deployed key"),
-                    _param("max_batch_size", "query", {"type": "integer", "minimum": 1, "maximum": 4096}, "Adaptive batching: most rows per backend call (1: off)"),
-                    _param("max_batch_delay_ms", "query", {"type": "integer", "minimum": 0, "maximum": 10000}, "Adaptive batching: longest wait for more calls under load")],
+                    _param("max_batch_size", "query", {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE}, "Adaptive batching: most rows per backend call (1: off)"),
+                    _param("max_batch_delay_ms", "query", {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS}, "Adaptive batching: longest wait for more calls under load")],
         )},
         "/scale/{key}": {"post": _op("Change the number of replicas live", {"200": _json(_ref("DeployResult"))},
-                                     params=[KEY, _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": 16}, required=True)])},
+                                     params=[KEY, _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS}, required=True)])},
         "/undeploy/{key}": {"post": _op("Stop a deployment and free its ports", {"200": _json({"type": "object", "required": ["key", "status", "freed_ports"], "properties": {"key": {"type": "string"}, "status": {"type": "string"}, "freed_ports": {"type": "array", "items": {"type": "integer"}}, "message": {"type": "string"}}})}, params=[KEY])},
         "/get_deployed_models": {"get": _op("Every deployment by key", {"200": _json({"type": "object", "additionalProperties": _ref("Deployment")})})},
         "/get_number_free_ports": {"get": _op("Free ports of the backend range", {"200": _json({"type": "integer", "minimum": 0})})},

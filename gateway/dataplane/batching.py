@@ -8,7 +8,13 @@ changing their meaning are batched: `dataframe_split` with the same columns,
 `dataframe_records`, and `instances` lists, with no `params`. Anything else
 passes through untouched. The predictions are split back in order; if a merged
 call fails, its members are retried one by one, so one bad input never fails
-its neighbours. A batch of one sends the caller's own bytes.
+its neighbours. A batch of one sends the caller's own bytes and headers.
+
+Bodies over MERGE_MAX_BYTES (64 KiB) are never parsed here: they pass through
+unmerged, so no large JSON document is decoded on the event loop; a merged
+answer over SPLIT_IN_THREAD_BYTES is split in a worker thread. Every backend
+call goes through `call_backend`, so batched traffic is timed, counted in
+flight and carries the callers' request ids like any other call.
 """
 
 from __future__ import annotations
@@ -21,32 +27,37 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from gateway.app_keys import BATCHERS, UPSTREAM
-from gateway.dataplane.proxy import post_bytes
-from gateway.errors import BackendUnavailable, GatewayError, ModelNotReady
+from gateway.dataplane.backend_call import answer_headers, call_backend
+from gateway.dataplane.upstream import UpstreamPool, UpstreamResponse
+from gateway.edge.telemetry import KeyMetrics
+from gateway.errors import GatewayError, InternalError, ModelNotReady
 from supervisor.deployment import Deployment
 
 logger = logging.getLogger(__name__)
 
-Answer = tuple[int, bytes, str]  # status, body, content type
 _JSON = "application/json"
+MERGE_MAX_BYTES = 64 * 1024
+SPLIT_IN_THREAD_BYTES = 256 * 1024
+# Request ids of a merged call go to the backend as one header, up to this length.
+_MAX_IDS_HEADER = 4096
 
 
 @dataclass(eq=False)
 class _Call:
     body: bytes
     content_type: str
+    header_lines: str
+    request_id: str
     group: tuple[Any, ...]
     rows: list[Any]
-    future: asyncio.Future[Answer]
+    future: asyncio.Future[UpstreamResponse]
+    timing: KeyMetrics | None
     queued_at: float = field(default_factory=time.monotonic)
 
 
 def mergeable(body: bytes, content_type: str) -> tuple[tuple[Any, ...], list[Any]] | None:
     """(merge group, rows) of a body that can share a batch, else None."""
-    if not content_type.startswith(_JSON):
+    if not content_type.startswith(_JSON) or len(body) > MERGE_MAX_BYTES:
         return None
     try:
         data = json.loads(body)
@@ -78,12 +89,20 @@ def _merged_body(group: tuple[Any, ...], rows: list[Any]) -> bytes:
     return json.dumps({kind: rows}).encode()
 
 
+def _merged_header_lines(batch: list[_Call]) -> str:
+    """Content type and every member's request id, so backend logs can be correlated."""
+    ids = ",".join(c.request_id for c in batch)
+    if len(ids) > _MAX_IDS_HEADER:
+        ids = ids[: ids.rfind(",", 0, _MAX_IDS_HEADER)] + ",..."
+    return f"Content-Type: {_JSON}\r\nX-Request-ID: {ids}\r\n"
+
+
 class Batcher:
     """Queues mergeable calls of one deployment and dispatches them in batches."""
 
-    def __init__(self, app: web.Application, deployment: Deployment, max_batch_size: int,
+    def __init__(self, pool: UpstreamPool, deployment: Deployment, max_batch_size: int,
                  max_batch_delay_ms: int) -> None:  # fmt: skip
-        self.app = app
+        self.pool = pool
         self.deployment = deployment
         self.max_batch_size = max_batch_size
         self.max_delay = max_batch_delay_ms / 1000.0
@@ -106,17 +125,25 @@ class Batcher:
 
     # ------------------------------------------------------------ hot path
 
-    async def submit(self, body: bytes, content_type: str) -> web.Response | None:
+    async def submit(
+        self,
+        body: bytes,
+        content_type: str,
+        header_lines: str,
+        request_id: str,
+        timing: KeyMetrics | None,
+    ) -> UpstreamResponse | None:
         """The caller's answer, or None when the body is not mergeable."""
         parsed = mergeable(body, content_type)
         if parsed is None:
             return None
         group, rows = parsed
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Call(body, content_type, group, rows, future))
+        future: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            _Call(body, content_type, header_lines, request_id, group, rows, future, timing)
+        )
         self._dispatch()
-        status, payload, answer_type = await future
-        return web.Response(status=status, body=payload, headers={"Content-Type": answer_type})
+        return await future
 
     def _slots(self) -> int:
         return max(1, sum(1 for r in self.deployment.replicas if r.routable))
@@ -174,37 +201,47 @@ class Batcher:
         try:
             if len(batch) == 1:
                 call = batch[0]
-                _settle(call, await self._send(call.body, call.content_type))
+                _settle(call, await self._send_alone(call))
                 return
             self.merged_calls += len(batch)
             answer = await self._send(
-                _merged_body(batch[0].group, [r for c in batch for r in c.rows]), _JSON
+                _merged_body(batch[0].group, [r for c in batch for r in c.rows]),
+                _merged_header_lines(batch),
+                batch[0].timing,
             )
-            parts = _split(answer, [len(c.rows) for c in batch])
+            sizes = [len(c.rows) for c in batch]
+            if len(answer.body) > SPLIT_IN_THREAD_BYTES:
+                parts = await asyncio.to_thread(_split, answer, sizes)
+            else:
+                parts = _split(answer, sizes)
             if parts is None:
                 # The merged call failed (or its answer cannot be split): every
                 # member gets exactly the answer it would have got alone.
                 answers = await asyncio.gather(
-                    *(self._send(c.body, c.content_type) for c in batch), return_exceptions=True
+                    *(self._send_alone(c) for c in batch), return_exceptions=True
                 )
                 for call, single in zip(batch, answers, strict=True):
                     _settle(call, single)
                 return
+            headers = answer_headers(answer)
             for call, part in zip(batch, parts, strict=True):
-                _settle(call, (answer[0], part, answer[2]))
+                _settle(call, UpstreamResponse(answer.status, headers, part))
         except BaseException as exc:
             for call in batch:
                 _settle(call, exc)
             if not isinstance(exc, Exception):
                 raise
 
-    async def _send(self, body: bytes, content_type: str) -> Answer:
-        replica = self.deployment.pick()
-        if replica is None:
-            raise ModelNotReady(
-                f"{self.deployment.key!r} has no backend ready", headers={"Retry-After": "5"}
-            )
-        return await post_bytes(self.app[UPSTREAM], replica, body, content_type)
+    async def _send_alone(self, call: _Call) -> UpstreamResponse:
+        return await self._send(call.body, call.header_lines, call.timing)
+
+    async def _send(
+        self, body: bytes, header_lines: str, timing: KeyMetrics | None
+    ) -> UpstreamResponse:
+        return await call_backend(
+            self.pool, self.deployment, "POST", "/invocations", header_lines, body, timing,
+            whole=True,
+        )  # fmt: skip
 
     async def close(self) -> None:
         if self._linger is not None:
@@ -216,12 +253,12 @@ class Batcher:
             await asyncio.wait(self._tasks)
 
 
-def _split(answer: Answer, sizes: list[int]) -> list[bytes] | None:
-    status, payload, content_type = answer
-    if status != 200 or not content_type.startswith(_JSON):
+def _split(answer: UpstreamResponse, sizes: list[int]) -> list[bytes] | None:
+    content_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")
+    if answer.status != 200 or not content_type.startswith(_JSON):
         return None
     try:
-        data = json.loads(payload)
+        data = json.loads(answer.body)
     except ValueError:
         return None
     if not isinstance(data, dict) or set(data) != {"predictions"}:
@@ -236,36 +273,16 @@ def _split(answer: Answer, sizes: list[int]) -> list[bytes] | None:
     return parts
 
 
-def _settle(call: _Call, outcome: Answer | BaseException) -> None:
+def _settle(call: _Call, outcome: UpstreamResponse | BaseException) -> None:
     if call.future.done():
         return
-    if isinstance(outcome, BaseException):
-        if isinstance(outcome, GatewayError | asyncio.CancelledError):
-            call.future.set_exception(outcome)
-        else:
-            call.future.set_exception(BackendUnavailable(f"batched call failed: {outcome!r}"))
-    else:
+    if not isinstance(outcome, BaseException):
         call.future.set_result(outcome)
-
-
-async def configure_batching(app: web.Application, deployment: Deployment) -> None:
-    """Create, update or remove the batcher of a deployment from its options."""
-    batchers = app[BATCHERS]
-    size = int(deployment.record.options.get("max_batch_size", 1))
-    delay = int(deployment.record.options.get("max_batch_delay_ms", 5))
-    current = batchers.get(deployment.key)
-    if size <= 1:
-        if current is not None:
-            batchers.pop(deployment.key)
-            await current.close()
-        return
-    if current is not None and current.deployment is deployment:
-        current.max_batch_size, current.max_delay = size, delay / 1000.0
-        return
-    batchers[deployment.key] = Batcher(app, deployment, size, delay)
-
-
-async def drop_batcher(app: web.Application, key: str) -> None:
-    batcher = app[BATCHERS].pop(key, None)
-    if batcher is not None:
-        await batcher.close()
+    elif isinstance(outcome, GatewayError | asyncio.CancelledError):
+        call.future.set_exception(outcome)
+    else:
+        # Transport failures arrive as GatewayErrors from call_backend: anything
+        # else is a bug of ours, and the caller must not mistake it for a backend
+        # problem (a 503 invites retries that fail the same way).
+        logger.error("batched call failed with a bug", exc_info=outcome)
+        call.future.set_exception(InternalError("batching failed unexpectedly; see the logs"))

@@ -1,148 +1,60 @@
-"""The hot path: forward inference calls to a backend over the shared pool.
+"""The hot path: inference calls routed by exact key and relayed to a backend.
 
 Per request this does one dict look-up, reads the body once, and sends the
-bytes unchanged; the answer's bytes come back unchanged too (streamed when
-large). Nothing here blocks, parses JSON or awaits a store.
+bytes unchanged through `call_backend`; a successful answer's bytes come back
+unchanged too (streamed when large). Nothing here blocks, parses a successful
+body or awaits a store: the inference log takes a tuple and moves on.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-from collections.abc import Iterator
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from gateway.app_keys import BATCHERS, INFERENCE_LOG, METRICS, ROUTES, UPSTREAM
-from gateway.dataplane.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
+from gateway.app_keys import BATCHERS, INFERENCE_LOG, METRICS, ROUTES, SETTINGS, UPSTREAM
+from gateway.dataplane.backend_call import answer_headers, call_backend, request_header_lines
+from gateway.dataplane.backend_errors import backend_error_response
+from gateway.dataplane.upstream import UpstreamResponse
 from gateway.edge.params import read_body
 from gateway.edge.request_ids import request_id
 from gateway.edge.telemetry import UNKNOWN_KEY, KeyMetrics
-from gateway.errors import (
-    BackendTimeout,
-    BackendUnavailable,
-    DeploymentNotFound,
-    GatewayError,
-    ModelNotReady,
-)
-from supervisor.deployment import Deployment, Replica
-
-logger = logging.getLogger(__name__)
+from gateway.errors import DeploymentNotFound, GatewayError
+from supervisor.deployment import Deployment
 
 
-_HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
-        "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
-    )
-)  # fmt: skip
-_FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING)
-
-
-def lookup(request: web.Request) -> tuple[Deployment, Replica]:
-    """The deployment named by the URL and the replica to send to, or a JSON error."""
+def lookup(request: web.Request) -> Deployment:
+    """The deployment named by the URL's key (an exact match), or a 404."""
     key = request.match_info["key"]
     deployment = request.app[ROUTES].get(key)
     if deployment is None:
         raise DeploymentNotFound(
             f"no deployment named {key!r}; deploy it with POST /deploy/<model>/<version>"
         )
-    replica = deployment.pick()
-    if replica is None:
-        raise ModelNotReady(
-            f"{key!r} is {deployment.status.value}: no backend is ready to serve it",
-            headers={"Retry-After": "5"},
-        )
-    return deployment, replica
+    return deployment
 
 
-def _request_headers(request: web.Request) -> str:
-    """The header lines sent to the backend: end-to-end ones, the id, X-Forwarded-For."""
-    incoming = request.headers
-    lines = [
-        f"{name}: {incoming[name]}\r\n" for name in _FORWARDED_REQUEST_HEADERS if name in incoming
-    ]
-    remote = request.remote or ""
-    previous = incoming.get(hdrs.X_FORWARDED_FOR)
-    lines.append(f"X-Request-ID: {request_id(request)}\r\n")
-    lines.append(f"X-Forwarded-For: {previous + ', ' + remote if previous else remote}\r\n")
-    return "".join(lines)
-
-
-@contextlib.contextmanager
-def backend_errors(replica: Replica) -> Iterator[None]:
-    """Map transport failures of a call to `replica` to 503/504 JSON errors."""
-    try:
-        yield
-    except UpstreamConnectError as exc:
-        raise BackendUnavailable(
-            f"the backend on port {replica.port} refused the connection",
-            headers={"Retry-After": "1"},
-        ) from exc
-    except TimeoutError as exc:
-        raise BackendTimeout(f"the backend on port {replica.port} did not answer in time") from exc
-    except UpstreamError as exc:
-        raise BackendUnavailable(
-            f"the backend on port {replica.port} failed mid-call: {exc}",
-            headers={"Retry-After": "1"},
-        ) from exc
-
-
-async def post_bytes(
-    pool: UpstreamPool, replica: Replica, body: bytes, content_type: str
-) -> tuple[int, bytes, str]:
-    """POST `body` to the replica's /invocations; (status, answer bytes, content type)."""
-    replica.in_flight += 1
-    try:
-        with backend_errors(replica):
-            answer = await pool.request(
-                replica.host, replica.port, "POST", "/invocations",
-                f"Content-Type: {content_type}\r\n", body,
-            )  # fmt: skip
-            payload = answer.body
-            if answer.streaming:
-                payload = b"".join([chunk async for chunk in answer.iter_chunks()])
-    finally:
-        replica.in_flight -= 1
-    answer_type = next(
-        (v for k, v in answer.headers if k.lower() == "content-type"), "application/json"
-    )
-    return answer.status, payload, answer_type
-
-
-async def forward(
-    request: web.Request,
-    replica: Replica,
-    method: str,
-    path: str,
-    body: bytes | None,
-    timing: KeyMetrics | None = None,
-) -> web.StreamResponse:
-    """Send one call to `replica` and relay its answer; 503/504 on transport failure."""
-    pool = request.app[UPSTREAM]
-    replica.in_flight += 1
-    started = time.perf_counter()
-    try:
-        with backend_errors(replica):
-            answer = await pool.request(
-                replica.host, replica.port, method, path, _request_headers(request), body
+async def relay(request: web.Request, answer: UpstreamResponse) -> web.StreamResponse:
+    """The caller's response for a backend answer: errors in our JSON shape, the rest as is."""
+    if not answer.streaming:
+        if answer.status >= 400:
+            keep_trace = request.app[SETTINGS].backend_stack_traces
+            return backend_error_response(
+                answer.status, answer_headers(answer), answer.body, keep_trace
             )
-            headers = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in _HOP_BY_HOP)
-            if not answer.streaming:
-                return web.Response(status=answer.status, body=answer.body, headers=headers)
-            response = web.StreamResponse(status=answer.status, headers=headers)
-            await response.prepare(request)
-            async for chunk in answer.iter_chunks():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        return web.Response(
+            status=answer.status, body=answer.body, headers=CIMultiDict(answer_headers(answer))
+        )
+    response = web.StreamResponse(status=answer.status, headers=CIMultiDict(answer_headers(answer)))
+    try:
+        await response.prepare(request)
+        async for chunk in answer.iter_chunks():
+            await response.write(chunk)
+        await response.write_eof()
     finally:
-        replica.in_flight -= 1
-        if timing is not None:
-            timing.backend.observe(time.perf_counter() - started)
+        answer.finish()  # the caller went away mid-stream: release the call
+    return response
 
 
 def _timing(request: web.Request, key: str) -> KeyMetrics | None:
@@ -160,28 +72,36 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     if timing is not None:
         timing.in_flight.inc()
     try:
-        deployment, replica = lookup(request)
+        deployment = lookup(request)
         body = await read_body(request)
+        content_type = request.headers.get(hdrs.CONTENT_TYPE, "application/json")
+        header_lines = request_header_lines(request)
         response: web.StreamResponse | None = None
         batcher = request.app[BATCHERS].get(deployment.key)
         if batcher is not None:
-            response = await batcher.submit(
-                body, request.headers.get(hdrs.CONTENT_TYPE, "application/json")
+            answer = await batcher.submit(
+                body, content_type, header_lines, request_id(request), timing
             )
+            if answer is not None:
+                response = await relay(request, answer)
         if response is None:
-            response = await forward(request, replica, "POST", "/invocations", body, timing)
+            answer = await call_backend(
+                request.app[UPSTREAM], deployment, "POST", "/invocations",
+                header_lines, body, timing,
+            )  # fmt: skip
+            response = await relay(request, answer)
         status = response.status
         log = request.app[INFERENCE_LOG]
         if log is not None and 200 <= status < 300:
             # A streamed (large) answer was never held whole: its inputs are logged alone.
-            answer = response.body if isinstance(response, web.Response) else None
+            answer_body = response.body if isinstance(response, web.Response) else None
             record = deployment.record
             log.submit(
                 record.model_name,
                 record.version,
-                request.headers.get(hdrs.CONTENT_TYPE, "application/json"),
+                content_type,
                 body,
-                answer if isinstance(answer, bytes) else None,
+                answer_body if isinstance(answer_body, bytes) else None,
             )
         return response
     except (GatewayError, web.HTTPException) as exc:
@@ -195,9 +115,13 @@ async def invoke(request: web.Request) -> web.StreamResponse:
 
 async def backend_get(request: web.Request) -> web.StreamResponse:
     """GET /{key}/ping|health|version: the backend's own endpoints."""
-    _, replica = lookup(request)
+    deployment = lookup(request)
     path = request.match_info["endpoint"]
-    return await forward(request, replica, "GET", f"/{path}", None)
+    answer = await call_backend(
+        request.app[UPSTREAM], deployment, "GET", f"/{path}", request_header_lines(request),
+        None, None,
+    )  # fmt: skip
+    return await relay(request, answer)
 
 
 def add_routes(app: web.Application) -> None:

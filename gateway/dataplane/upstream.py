@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -27,6 +27,14 @@ class UpstreamConnectError(UpstreamError):
     """The backend refused the connection (nothing was sent)."""
 
 
+class UpstreamConnectTimeout(UpstreamError, TimeoutError):
+    """The backend did not accept the connection in time (nothing was sent).
+
+    A TimeoutError, so callers that map timeouts to 504 treat it as one, never as
+    "refused": a backend that is alive but whose accept queue is full is slow, not gone.
+    """
+
+
 class UpstreamDropped(UpstreamError):
     """A reused connection was closed before any answer: safe to send again."""
 
@@ -38,15 +46,33 @@ class UpstreamResponse:
     body: bytes = b""
     streaming: bool = False
     _conn: _Connection | None = field(default=None, repr=False)
+    # Called once when a streamed body has been read to its end or abandoned, so a
+    # caller's bookkeeping (in-flight counts, latency) covers the whole stream.
+    on_finish: Callable[[], None] | None = field(default=None, repr=False)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body of a streamed answer, chunk by chunk."""
-        if not self.streaming or self._conn is None:
-            if self.body:
-                yield self.body
-            return
-        async for chunk in self._conn.stream():
-            yield chunk
+        try:
+            if not self.streaming or self._conn is None:
+                if self.body:
+                    yield self.body
+                return
+            async for chunk in self._conn.stream():
+                yield chunk
+        finally:
+            self.finish()
+
+    async def read_all(self) -> bytes:
+        """The whole body, streamed or not."""
+        if not self.streaming:
+            self.finish()
+            return self.body
+        return b"".join([chunk async for chunk in self.iter_chunks()])
+
+    def finish(self) -> None:
+        callback, self.on_finish = self.on_finish, None
+        if callback is not None:
+            callback()
 
 
 class _Connection(asyncio.Protocol):
@@ -214,6 +240,7 @@ class UpstreamPool:
         keepalive: float = 4.0,
         max_idle: int = 256,
         stream_threshold: int = 1 << 20,
+        resend_dropped: bool = True,
     ) -> None:
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
@@ -222,6 +249,13 @@ class UpstreamPool:
         self.keepalive = keepalive
         self.max_idle = max_idle
         self.stream_threshold = stream_threshold
+        # Whether a request may be sent a second time when a reused idle connection
+        # turns out to be closed by the backend before any byte of an answer. HTTP
+        # cannot tell whether the backend had started on it, so this is safe only for
+        # side-effect-free backends: MLflow's scoring server is (a prediction has no
+        # effect); a custom backend command may not be. The launcher decides.
+        self.resend_dropped = resend_dropped
+        self.resent = 0  # how many times that happened (tests and diagnostics)
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
 
@@ -239,10 +273,13 @@ class UpstreamPool:
         try:
             return await self._exchange(conn, data)
         except UpstreamDropped:
-            if not reused:
+            if not reused or not self.resend_dropped:
                 raise
-            # The backend closed an idle connection as we reused it: nothing was
-            # answered, so sending again on a fresh connection is safe.
+            # The backend closed an idle connection as we reused it (its keep-alive
+            # timer and our reuse raced): no byte of an answer came back. Sending again
+            # on a fresh connection is safe only because the backend is side-effect
+            # free (see `resend_dropped`); a fresh connection is never re-sent.
+            self.resent += 1
             conn, _ = await self._connect(host, port)
             return await self._exchange(conn, data)
 
@@ -274,6 +311,10 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(lambda: _Connection(self, key), host, port)
+        except TimeoutError as exc:  # before OSError: TimeoutError is one of its subclasses
+            raise UpstreamConnectTimeout(
+                f"{host}:{port} did not accept a connection in {self.connect_timeout:g}s"
+            ) from exc
         except OSError as exc:
             raise UpstreamConnectError(f"{host}:{port} refused the connection: {exc}") from exc
         self._all.add(conn)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 import time
 
-from aiohttp import web
-
-from gateway.app_keys import REGISTRY, STORE
+from gateway.deploy.registry import Registry
 from gateway.errors import GatewayError
-from gateway.records.stores.base import Baseline
+from gateway.records.stores.base import Baseline, Store
 
 logger = logging.getLogger(__name__)
 
 
 async def capture_baseline(
-    app: web.Application, name: str, version: str, run_id: str | None
+    registry: Registry, store: Store, name: str, version: str, run_id: str | None
 ) -> None:
     """Store the run's metrics as the baseline and its training data as the reference.
 
@@ -23,7 +21,6 @@ async def capture_baseline(
     """
     if not run_id:
         return
-    registry, store = app[REGISTRY], app[STORE]
     try:
         metrics = await registry.run_metrics(run_id)
         if metrics:

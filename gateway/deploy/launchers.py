@@ -11,15 +11,22 @@ Two launchers:
 Other env managers always go through `mlflow models serve`, which builds the
 model's environment. `GATEWAY_BACKEND_COMMAND` replaces both with any server
 that speaks MLflow's scoring protocol.
+
+A launcher also says whether its backends' `/invocations` is free of side
+effects, which decides whether the upstream pool may re-send a call whose
+reused connection the backend closed (see `UpstreamPool.resend_dropped`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shlex
 import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.settings import Settings
@@ -27,7 +34,15 @@ from supervisor.manager import CommandFactory
 from supervisor.process import Command
 from supervisor.state_store import DeploymentRecord
 
-ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Launcher:
+    """How backends start, and whether a dropped call to them may be sent again."""
+
+    build: CommandFactory
+    resend_safe: bool
 
 
 def mlflow_serve_factory(settings: Settings) -> CommandFactory:
@@ -48,40 +63,79 @@ def mlflow_serve_factory(settings: Settings) -> CommandFactory:
     return build
 
 
-def _download(model_uri: str, destination: Path) -> Path:
-    """The model's artifacts under `destination`, fetched once per version."""
+def _download(model_uri: str, destination: Path) -> bool:
+    """Fetch the model's artifacts to `destination` unless they are there (blocking).
+
+    Returns whether it downloaded.
+
+    Each call stages into a folder of its own and renames it into place, so two
+    gateways sharing the data dir never remove each other's files; if another
+    one finished first, its copy is kept and ours is dropped.
+    """
     import mlflow.artifacts
 
     if (destination / "MLmodel").is_file():
-        return destination
-    staging = destination.with_name(destination.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging)))
-    if not (local / "MLmodel").is_file():
-        raise FileNotFoundError(f"{model_uri} has no MLmodel file")
-    if local != staging:
-        local.rename(destination)
+        return False
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging))
+        )
+        if not (local / "MLmodel").is_file():
+            raise FileNotFoundError(f"{model_uri} has no MLmodel file")
+        try:
+            local.rename(destination)
+        except OSError:
+            if not (destination / "MLmodel").is_file():
+                raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-    else:
-        staging.rename(destination)
-    return destination
+    return True
+
+
+class ArtifactCache:
+    """Model artifacts on local disk, fetched once per version.
+
+    Replicas of one version that start together share one download: the first
+    starts it, the others await the same future (shielded, so a starter that is
+    cancelled does not cancel the download the others wait for).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._pending: dict[Path, asyncio.Future[Path]] = {}
+        self.downloads = 0  # downloads done (tests check "once per version")
+
+    async def fetch(self, model_name: str, version: str) -> Path:
+        destination = self.root / model_name / version
+        pending = self._pending.get(destination)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                self._download(f"models:/{model_name}/{version}", destination)
+            )
+            self._pending[destination] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(destination, None))
+        return await asyncio.shield(pending)
+
+    async def _download(self, model_uri: str, destination: Path) -> Path:
+        if await asyncio.to_thread(_download, model_uri, destination):
+            self.downloads += 1
+        return destination
 
 
 def lean_factory(settings: Settings) -> CommandFactory:
     """MLflow's scoring server started directly, for env_manager=local."""
     base_env = settings.child_environment()
     fallback = mlflow_serve_factory(settings)
-    cache = settings.data_dir / "models"
+    cache = ArtifactCache(settings.data_dir / "models")
 
     async def build(record: DeploymentRecord, port: int) -> Command:
         if record.env_manager != "local":
             return await fallback(record, port)
         from mlflow.pyfunc.scoring_server import get_cmd
 
-        uri = f"models:/{record.model_name}/{record.version}"
-        path = await asyncio.to_thread(_download, uri, cache / f"{record.key}")
+        path = await cache.fetch(record.model_name, record.version)
         command, server_env = get_cmd(
             str(path),
             port=port,
@@ -122,7 +176,14 @@ def custom_factory(settings: Settings, template: list[str]) -> CommandFactory:
     return build
 
 
-def command_factory(settings: Settings) -> CommandFactory:
+def make_launcher(settings: Settings) -> Launcher:
+    """The launcher the settings choose: a custom command, lean, or `mlflow models serve`."""
     if settings.backend_command:
-        return custom_factory(settings, json.loads(settings.backend_command))
-    return lean_factory(settings) if settings.launcher == "lean" else mlflow_serve_factory(settings)
+        # An arbitrary server: re-sending a call is safe only if the operator says so.
+        return Launcher(
+            custom_factory(settings, json.loads(settings.backend_command)),
+            resend_safe=settings.backend_idempotent,
+        )
+    if settings.launcher == "lean":
+        return Launcher(lean_factory(settings), resend_safe=True)
+    return Launcher(mlflow_serve_factory(settings), resend_safe=True)

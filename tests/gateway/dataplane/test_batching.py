@@ -13,6 +13,7 @@ import pytest
 from sklearn.datasets import load_wine
 
 from gateway.dataplane.batching import _split, mergeable
+from gateway.dataplane.upstream import UpstreamResponse
 from tests.support import ONE_ROW, Gateway
 
 KEY = "wine-quality-1"
@@ -107,12 +108,13 @@ def test_merge_rules() -> None:
     assert mergeable(b'{"inputs": [1]}', "application/json") is None
     assert mergeable(b"a\n1", "text/csv") is None
     assert mergeable(b'{"instances": []}', "application/json") is None
-    assert _split((200, b'{"predictions": [1, 2, 3]}', "application/json"), [1, 2]) == [
+    json_type = [("Content-Type", "application/json")]
+    assert _split(UpstreamResponse(200, json_type, b'{"predictions": [1, 2, 3]}'), [1, 2]) == [
         b'{"predictions": [1]}',
         b'{"predictions": [2, 3]}',
     ]
-    assert _split((200, b'{"predictions": [1, 2]}', "application/json"), [1, 2]) is None
-    assert _split((400, b"{}", "application/json"), [1]) is None
+    assert _split(UpstreamResponse(200, json_type, b'{"predictions": [1, 2]}'), [1, 2]) is None
+    assert _split(UpstreamResponse(400, json_type, b"{}"), [1]) is None
 
 
 class Load:

@@ -3,107 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import socket
 
-import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
-from gateway.app_keys import BATCHERS, INFERENCE_LOG, ROUTES, SETTINGS, UPSTREAM
-from gateway.dataplane import proxy
+from gateway.app_keys import UPSTREAM
 from gateway.dataplane.upstream import UpstreamPool
-from gateway.errors import error_middleware
-from gateway.settings import Settings
-from supervisor.deployment import Deployment, Replica
-from supervisor.state_store import DeploymentRecord
+from supervisor.deployment import Replica
 from supervisor.states import State
+from tests.gateway.dataplane.conftest import BIG, GatewayFactory, deployment, running_replica
 from tests.support import unused_port
-
-BIG = bytes(range(256)) * 12_000  # ~3 MB: above the streaming threshold
-
-
-async def fake_invocations(request: web.Request) -> web.StreamResponse:
-    body = await request.read()
-    # The body picks the behaviour: the proxy forwards only end-to-end headers it knows.
-    mode = body.decode(errors="replace")
-    if mode == "teapot":
-        return web.Response(status=418, body=b'{"tea": true}', content_type="application/json",
-                            headers={"X-Backend": "fake"})  # fmt: skip
-    if mode == "slow":
-        await asyncio.sleep(2)
-    if mode == "big":
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await resp.prepare(request)
-        for i in range(0, len(BIG), 100_000):
-            await resp.write(BIG[i : i + 100_000])
-        await resp.write_eof()
-        return resp
-    return web.Response(
-        body=body,
-        headers={
-            "Content-Type": request.headers.get("Content-Type", "application/octet-stream"),
-            "X-Seen-Forwarded-For": request.headers.get("X-Forwarded-For", ""),
-            "X-Seen-Request-Id": request.headers.get("X-Request-ID", ""),
-        },
-    )
-
-
-async def fake_ping(request: web.Request) -> web.Response:
-    return web.Response(text="\n")
-
-
-def running_replica(port: int, index: int = 0) -> Replica:
-    replica = Replica(index, port)
-    replica.state = State.RUNNING
-    replica.healthy = True
-    return replica
-
-
-def deployment(key: str, *replicas: Replica) -> Deployment:
-    name, _, version = key.rpartition("-")
-    return Deployment(DeploymentRecord(key, name, version), list(replicas))
-
-
-GatewayFactory = Callable[..., Awaitable[TestClient]]
-
-
-@pytest.fixture
-async def backend() -> TestServer:
-    app = web.Application()
-    app.router.add_post("/invocations", fake_invocations)
-    app.router.add_get("/ping", fake_ping)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
-async def make_gateway() -> GatewayFactory:
-    clients: list[TestClient] = []
-
-    async def make(table: dict[str, Deployment], read_timeout: float = 30.0) -> TestClient:
-        app = web.Application(middlewares=[error_middleware])
-        app[ROUTES] = table
-        app[INFERENCE_LOG] = None
-        app[BATCHERS] = {}
-        app[SETTINGS] = Settings()
-
-        async def pool_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-            app[UPSTREAM] = UpstreamPool(read_timeout=read_timeout)
-            yield
-            await app[UPSTREAM].close()
-
-        app.cleanup_ctx.append(pool_ctx)
-        proxy.add_routes(app)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 async def test_status_headers_and_body_pass_through(backend: TestServer, make_gateway) -> None:
@@ -112,7 +23,12 @@ async def test_status_headers_and_body_pass_through(backend: TestServer, make_ga
     assert resp.status == 418
     assert resp.headers["Content-Type"] == "application/json"
     assert resp.headers["X-Backend"] == "fake"
-    assert await resp.read() == b'{"tea": true}'
+    # An error answer comes in the gateway's JSON error shape, the backend's document kept.
+    assert await resp.json() == {
+        "error": "backend_error",
+        "detail": "the backend answered 418",
+        "backend_answer": {"tea": True},
+    }
 
 
 async def test_body_bytes_are_forwarded_unchanged(backend: TestServer, make_gateway) -> None:
@@ -238,13 +154,19 @@ async def test_connections_are_pooled_not_per_request(backend: TestServer, make_
     assert len(pool._idle[("127.0.0.1", backend.port)]) == 1
 
 
-async def test_a_backend_that_closes_idle_connections_is_retried_transparently(
-    make_gateway,
+async def _one_answer_per_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    # A backend that answers once per connection and closes it right after: a reused
-    # connection is found dead, and the call goes out again on a fresh one.
-    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
+    """Answers the first request of a connection; closes it on the second, unanswered.
+
+    That is the race a keep-alive pool meets when the backend times out an idle
+    connection just as the pool reuses it.
+    """
+    for answered in (True, False):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            break
         length = int(
             next(
                 line.split(b":")[1]
@@ -253,24 +175,113 @@ async def test_a_backend_that_closes_idle_connections_is_retried_transparently(
             )
         )
         await reader.readexactly(length)
+        if not answered:
+            break
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
         )
         await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.close()
+    writer.close()
 
-    server = await asyncio.start_server(answer_and_close, "127.0.0.1", 0)
+
+async def test_a_reused_connection_the_backend_closed_is_sent_again_once(
+    make_gateway: GatewayFactory,
+) -> None:
+    server = await asyncio.start_server(_one_answer_per_connection, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         gw = await make_gateway({"m-1": deployment("m-1", running_replica(port))})
+        pool: UpstreamPool = gw.app[UPSTREAM]
         for _ in range(3):
             resp = await gw.post("/m-1", data=b"{}")
             assert resp.status == 200 and await resp.read() == b"{}"
-            await asyncio.sleep(0.1)  # the backend has closed the idle connection by now
+        # Calls 2 and 3 reused a connection the backend then closed unanswered.
+        assert pool.resent == 2
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_no_resend_when_the_launcher_says_the_backend_is_not_idempotent(
+    make_gateway: GatewayFactory,
+) -> None:
+    server = await asyncio.start_server(_one_answer_per_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway(
+            {"m-1": deployment("m-1", running_replica(port))}, resend_dropped=False
+        )
+        assert (await gw.post("/m-1", data=b"{}")).status == 200
+        second = await gw.post("/m-1", data=b"{}")
+        assert second.status == 503
+        assert (await second.json())["error"] == "backend_unavailable"
+        assert gw.app[UPSTREAM].resent == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connect_timeout_is_a_504_not_refused(make_gateway: GatewayFactory) -> None:
+    # A listener that never accepts, with its accept queue full: the kernel drops
+    # further SYNs, so a connect hangs until our connect timeout.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        gw = await make_gateway(
+            {"m-1": deployment("m-1", running_replica(port))}, connect_timeout=0.5
+        )
+        resp = await gw.post("/m-1", data=b"{}")
+        body = await resp.json()
+        assert resp.status == 504, body
+        assert body["error"] == "backend_timeout" and "did not accept" in body["detail"]
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_backend_errors_come_in_the_json_error_shape(make_gateway: GatewayFactory) -> None:
+    async def mlflow_like(request: web.Request) -> web.Response:
+        if request.content_type == "text/plain":
+            return web.Response(status=415, text="This predictor only supports JSON or CSV")
+        return web.json_response(
+            {"error_code": "BAD_REQUEST", "message": "Invalid input. Columns are missing",
+             "stack_trace": "Traceback (most recent call last): ..."},
+            status=400,
+        )  # fmt: skip
+
+    app = web.Application()
+    app.router.add_post("/invocations", mlflow_like)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        gw = await make_gateway({"m-1": deployment("m-1", running_replica(server.port))})
+        resp = await gw.post("/m-1", data=b"{}", headers={"Content-Type": "application/json"})
+        body = await resp.json()
+        assert resp.status == 400
+        assert body == {
+            "error": "bad_request",
+            "detail": "Invalid input. Columns are missing",
+            "error_code": "BAD_REQUEST",
+            "message": "Invalid input. Columns are missing",
+        }
+        resp = await gw.post("/m-1", data=b"x", headers={"Content-Type": "text/plain"})
+        assert resp.status == 415 and resp.content_type == "application/json"
+        assert await resp.json() == {
+            "error": "unsupported_media_type",
+            "detail": "This predictor only supports JSON or CSV",
+        }
+    finally:
+        await server.close()
 
 
 async def test_chunked_answers_stream_through(make_gateway) -> None:

@@ -44,3 +44,22 @@ def test_deployments_come_back_after_stop_and_after_kill(own_gateway: Gateway) -
         assert gw.post(f"/{KEY}", json_body=ONE_ROW).status == 200
     finally:
         gw.stop()
+
+
+def test_deploy_of_a_restored_key_still_starting_waits_until_it_answers(
+    own_gateway: Gateway,
+) -> None:
+    # What `make run` does the second time: the restored deployment is still starting
+    # when the deploy call comes; the call must answer only once the model serves.
+    gw = own_gateway.start()
+    try:
+        assert gw.post("/deploy/wine-quality/1").status == 201
+        gw.stop(signal.SIGTERM)
+        gw.start()
+        assert gw.deployment(KEY)["status"] != "running"  # the restore is under way
+        again = gw.post("/deploy/wine-quality/1")
+        assert again.status == 200, again.body
+        assert again.json()["status"] == "running"
+        assert gw.post(f"/{KEY}", json_body=ONE_ROW).status == 200
+    finally:
+        gw.stop()

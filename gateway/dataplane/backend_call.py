@@ -1,0 +1,132 @@
+"""The one road from the gateway to a backend.
+
+Direct calls, batched calls and the data API's predictions all go through
+`call_backend`: it picks the replica once, sends the caller's id and address
+along, counts the call in flight, times it into the backend-latency histogram,
+and maps transport failures to 503/504 JSON errors. Nothing else talks to a
+backend (the supervisor's probes excepted: they have their own small pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from aiohttp import hdrs, web
+
+from gateway.dataplane.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
+from gateway.edge.request_ids import request_id
+from gateway.edge.telemetry import KeyMetrics
+from gateway.errors import BackendTimeout, BackendUnavailable, ModelNotReady
+from supervisor.deployment import Deployment, Replica
+
+# End-to-end request headers a backend needs; everything else stays at the edge.
+FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING)
+# Answer headers that describe one hop (or that aiohttp sets itself) and are dropped.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+        "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
+    )
+)  # fmt: skip
+
+
+def request_header_lines(request: web.Request) -> str:
+    """The header lines a caller's request carries to the backend.
+
+    End-to-end headers the backend needs, the request id, and X-Forwarded-For
+    extended with the caller's address.
+    """
+    incoming = request.headers
+    lines = [
+        f"{name}: {incoming[name]}\r\n" for name in FORWARDED_REQUEST_HEADERS if name in incoming
+    ]
+    remote = request.remote or ""
+    previous = incoming.get(hdrs.X_FORWARDED_FOR)
+    lines.append(f"X-Request-ID: {request_id(request)}\r\n")
+    lines.append(f"X-Forwarded-For: {previous + ', ' + remote if previous else remote}\r\n")
+    return "".join(lines)
+
+
+def answer_headers(answer: UpstreamResponse) -> list[tuple[str, str]]:
+    """The backend's answer headers that pass to the caller."""
+    return [(k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP]
+
+
+@contextlib.contextmanager
+def transport_errors(replica: Replica) -> Iterator[None]:
+    """Map transport failures of a call to `replica` to 503/504 JSON errors."""
+    where = f"the backend at {replica.host}:{replica.port}"
+    try:
+        yield
+    except UpstreamConnectError as exc:
+        raise BackendUnavailable(
+            f"{where} refused the connection", headers={"Retry-After": "1"}
+        ) from exc
+    except TimeoutError as exc:  # a connect timeout included: the backend is slow, not gone
+        raise BackendTimeout(f"{where} did not answer in time: {exc}") from exc
+    except UpstreamError as exc:
+        raise BackendUnavailable(
+            f"{where} failed mid-call: {exc}", headers={"Retry-After": "1"}
+        ) from exc
+
+
+def pick_replica(deployment: Deployment) -> Replica:
+    """The replica to send to, or a 503 that says why there is none."""
+    replica = deployment.pick()
+    if replica is None:
+        raise ModelNotReady(
+            f"{deployment.key!r} is {deployment.status.value}: no backend is ready to serve it",
+            headers={"Retry-After": "5"},
+        )
+    return replica
+
+
+async def call_backend(
+    pool: UpstreamPool,
+    deployment: Deployment,
+    method: str,
+    path: str,
+    header_lines: str,
+    body: bytes | None,
+    timing: KeyMetrics | None,
+    *,
+    whole: bool = False,
+) -> UpstreamResponse:
+    """Send one call to a replica of `deployment` and return its answer.
+
+    A large answer comes back streaming: the call stays counted in flight (and
+    its latency open) until the caller has read it, unless `whole` asks for the
+    body read here. Transport failures raise 503/504 `GatewayError`s.
+    """
+    replica = pick_replica(deployment)
+    replica.in_flight += 1
+    started = time.perf_counter()
+
+    def finished() -> None:
+        replica.in_flight -= 1
+        if timing is not None:
+            timing.backend.observe(time.perf_counter() - started)
+
+    try:
+        with transport_errors(replica):
+            answer = await pool.request(
+                replica.host, replica.port, method, path, header_lines, body
+            )
+            if whole and answer.streaming:
+                answer.body, answer.streaming = await answer.read_all(), False
+    except BaseException:
+        finished()
+        raise
+    if answer.streaming:
+        answer.on_finish = finished
+    else:
+        finished()
+    return answer
