@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.deploy.demo import DEMO_ROW
 from gateway.edge.request_ids import JsonAccessLogger, access_logger, configure_access_log
-from gateway.settings import Settings
+from gateway.settings import Settings, describe_errors
 
 logger = logging.getLogger("gateway")
 
@@ -73,17 +73,46 @@ def enter_data_dir(settings: Settings) -> None:
     os.chdir(settings.data_dir)
 
 
+def check_port(settings: Settings) -> None:
+    """Fail at once, in one line, when the gateway's address cannot be bound.
+
+    Runs before any database is created or the demo model trained, so a taken
+    port costs nothing. Binding as aiohttp will (SO_REUSEADDR) keeps the verdict
+    the same; a process that takes the port in between is still caught by serve.
+    """
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
+        raise SystemExit(cannot_serve(settings, exc)) from None
+
+
+def cannot_serve(settings: Settings, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the port is in use; choose another with GATEWAY_PORT or --port"
+    else:
+        reason = exc.strerror or str(exc)
+    return f"modelgw: cannot serve on {settings.host}:{settings.port}: {reason}"
+
+
 def serve(settings: Settings, app: web.Application | None = None) -> None:
     from gateway.app import create_app
 
+    check_port(settings)
     enter_data_dir(settings)
     app = app if app is not None else create_app(settings)
     configure_access_log()
     try:
         _run(settings, app)
     except OSError as exc:
-        # Most often the port is taken: say so instead of a traceback.
-        raise SystemExit(f"cannot serve on {settings.host}:{settings.port}: {exc}") from None
+        # Taken since check_port: say so instead of a traceback.
+        raise SystemExit(cannot_serve(settings, exc)) from None
 
 
 def _run(settings: Settings, app: web.Application) -> None:
@@ -102,17 +131,21 @@ def _run(settings: Settings, app: web.Application) -> None:
 def demo(settings: Settings) -> None:
     """Register the demo model, serve, deploy it, and print how to call it."""
     from gateway.app import create_app
-    from gateway.deploy.demo import DEMO_MODEL, train_and_register
+    from gateway.deploy.demo import DEMO_MODEL, deploy_and_announce, train_and_register
 
+    check_port(settings)  # before the model is trained: that takes seconds
     enter_data_dir(settings)
     logger.info("registering the demo model in %s", settings.tracking_uri)
     model = train_and_register(
         settings.tracking_uri, DEMO_MODEL, artifact_location=settings.data_dir / "artifacts"
     )
     app = create_app(settings)
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
 
     async def deploy_when_up(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_deploy_demo(settings, model.name, model.version))
+        task = asyncio.create_task(
+            deploy_and_announce(_base_url(settings), model, settings.deploy_timeout, token)
+        )
         yield
         task.cancel()
         await asyncio.wait({task})
@@ -121,59 +154,39 @@ def demo(settings: Settings) -> None:
     serve(settings, app)
 
 
-async def _deploy_demo(settings: Settings, name: str, version: str) -> None:
-    import aiohttp
-
-    base = f"http://{settings.host}:{settings.port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"{base}/health") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        logger.info("deploying %s version %s ...", name, version)
-        async with session.post(f"{base}/deploy/{name}/{version}") as resp:
-            body = await resp.json()
-            if resp.status >= 400:
-                logger.error("demo deploy failed: %s", body)
-                return
-    key = f"{name}-{version}"
-    row = json.dumps(
-        {"dataframe_split": {"columns": list(DEMO_ROW), "data": [list(DEMO_ROW.values())]}}
-    )
-    print(
-        f"""
-modelgw is serving {key} at {base}. Try:
-
-  curl -s {base}/get_deployed_models
-  curl -s -X POST {base}/{key} -H 'Content-Type: application/json' \\
-       -d '{row}'
-  curl -s {base}/model/{key}/signature
-
-Press Ctrl-C to stop the gateway and its backends.
-""",
-        flush=True,
-    )
+def _base_url(settings: Settings) -> str:
+    # A wildcard address is not one to call: the curl lines use loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(settings.host)
+    if host is None:
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelgw", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the gateway")
-    demo_parser = commands.add_parser("demo", help="register a demo model, serve and deploy it")
-    for p in (serve_parser, demo_parser):
-        _add_setting_flags(p)
+    subparsers = {
+        "serve": commands.add_parser("serve", help="run the gateway"),
+        "demo": commands.add_parser("demo", help="register a demo model, serve and deploy it"),
+    }
+    for sub in subparsers.values():
+        _add_setting_flags(sub)
     args = parser.parse_args(argv)
     try:
         settings = build_settings(args)
     except ValidationError as exc:
-        parser.error(str(exc))
+        _settings_error(subparsers[args.command], exc)
     configure_logging(settings.log_level)
     if args.command == "serve":
         serve(settings)
     else:
         demo(settings)
     return 0
+
+
+def _settings_error(parser: argparse.ArgumentParser, exc: ValidationError) -> NoReturn:
+    """The subcommand's usage, then one line per bad setting (no secret shown), exit 2."""
+    parser.print_usage(sys.stderr)
+    for line in describe_errors(exc):
+        print(f"{parser.prog}: error: {line}", file=sys.stderr)
+    raise SystemExit(2)

@@ -9,13 +9,26 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Files that travel inside the wheel (the top-level type_mapping.json links here).
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+_ARGV_EXAMPLE = 'a JSON list of strings such as ["python", "server.py", "--port", "{port}"]'
+# Inputs never echoed in an error: tokens, and a MongoDB URI (it may hold a password).
+_UNECHOED = frozenset({"mongodb_uri"})
 
 
 def _env(name: str) -> AliasChoices:
@@ -164,21 +177,38 @@ class Settings(BaseSettings):
         # The gateway runs from inside its data dir (see cli.serve): resolve first.
         return path.expanduser().resolve() if path is not None else None
 
-    @model_validator(mode="after")
-    def _check_range(self) -> Settings:
-        if self.backend_command is not None:
-            import json
+    @field_validator("backend_command")
+    @classmethod
+    def _json_argv(cls, command: str | None) -> str | None:
+        if command is None:
+            return None
+        import json
 
-            try:
-                argv = json.loads(self.backend_command)
-            except ValueError as exc:
-                raise ValueError(f"GATEWAY_BACKEND_COMMAND is not JSON: {exc}") from None
-            if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
-                raise ValueError("GATEWAY_BACKEND_COMMAND must be a JSON list of strings")
+        try:
+            argv = json.loads(command)
+        except ValueError as exc:
+            raise ValueError(f"is not JSON ({exc}): expected {_ARGV_EXAMPLE}") from None
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise ValueError(f"is not a list of strings: expected {_ARGV_EXAMPLE}")
+        return command
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
+        # Every problem at once, one line each: a user fixes them in one go.
+        problems = []
         if self.end_port < self.start_port:
-            raise ValueError(f"END_PORT ({self.end_port}) is below START_PORT ({self.start_port})")
-        if self.start_port <= self.port <= self.end_port:
-            raise ValueError(f"GATEWAY_PORT {self.port} lies inside the backends' port range")
+            problems.append(
+                f"END_PORT ({self.end_port}) is below START_PORT ({self.start_port}): "
+                "expected END_PORT >= START_PORT"
+            )
+        elif self.start_port <= self.port <= self.end_port:
+            problems.append(
+                f"GATEWAY_PORT ({self.port}) lies inside the backends' port range "
+                f"START_PORT-END_PORT ({self.start_port}-{self.end_port}): "
+                "expected a port outside it"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def child_environment(self) -> dict[str, str]:
@@ -224,3 +254,80 @@ class Settings(BaseSettings):
     @property
     def port_range(self) -> range:
         return range(self.start_port, self.end_port + 1)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a field (its first validation alias)."""
+    alias = Settings.model_fields[field_name].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else field_name.upper()
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per bad setting: which variable, what is wrong, what is expected.
+
+    Pydantic's own text is several lines per error and echoes every input,
+    secrets included; these lines never show a secret's value.
+    """
+    lines: list[str] = []
+    for error in exc.errors():
+        name = _field_of(error["loc"][0]) if error["loc"] else None
+        if name is None:  # a check across settings: its message names them
+            lines.extend(str(error.get("ctx", {}).get("error", error["msg"])).splitlines())
+            continue
+        field = Settings.model_fields[name]
+        if error["type"] == "value_error":  # our own validator's sentence
+            lines.append(f"{env_name(name)} {error.get('ctx', {}).get('error', error['msg'])}")
+            continue
+        line = f"{env_name(name)}: expected {_expectation(field)}"
+        if _is_secret(name, field):
+            lines.append(f"{line} (value not shown)")
+        else:
+            lines.append(f"{line}, got {_shorten(error.get('input'))}")
+    return lines
+
+
+def _field_of(loc: int | str) -> str | None:
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else []
+        if loc == name or loc in choices:
+            return name
+    return None
+
+
+def _is_secret(name: str, field: FieldInfo) -> bool:
+    return name in _UNECHOED or SecretStr in (field.annotation, *get_args(field.annotation))
+
+
+def _expectation(field: FieldInfo) -> str:
+    """What a field accepts, in words, from its type and bounds."""
+    kind = field.annotation
+    if get_origin(kind) in (Union, UnionType):  # `X | None`: what is expected is an X
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if get_origin(kind) is Literal:
+        return "one of " + ", ".join(str(choice) for choice in get_args(kind))
+    if kind is bool:
+        return "1 or 0 (true or false)"
+    if kind in (int, float):
+        noun = "an integer" if kind is int else "a number"
+        low, high, above = (_bound(field, name) for name in ("ge", "le", "gt"))
+        if low is not None and high is not None:
+            return f"{noun} from {low} to {high}"
+        if low is not None:
+            return f"{noun} of at least {low}"
+        if above is not None:
+            return f"{noun} above {above}"
+        return noun
+    if kind is Path:
+        return "a path"
+    return "text"
+
+
+def _bound(field: FieldInfo, name: str) -> object:
+    # Bounds sit in the field's metadata as annotated_types objects (Ge(ge=1), ...).
+    return next((getattr(m, name) for m in field.metadata if hasattr(m, name)), None)
+
+
+def _shorten(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -2,14 +2,20 @@
 
 `make run` and the test suite both use it. Registration is idempotent: an
 existing version is reused, so running the demo twice serves the same model.
+Once the gateway is up, `deploy_and_announce` deploys it through the gateway's own
+API and prints curl lines that work as printed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +113,87 @@ def train_and_register(
     version = max(int(v.version) for v in versions)
     logger.info("registered %s version %s (run %s)", name, version, run.info.run_id)
     return RegisteredModel(name, str(version), run.info.run_id)
+
+
+async def deploy_and_announce(
+    base: str, model: RegisteredModel, timeout: float, token: str | None = None
+) -> bool:
+    """Deploy the demo model and print how to call it, once it answers a prediction.
+
+    A deployment restored from an earlier run may still be starting when the
+    deploy call returns, so the curl lines wait for a real prediction to succeed
+    (within `timeout` seconds); otherwise a clear error is logged instead.
+    """
+    key = f"{model.name}-{model.version}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    # The deploy call may itself wait for the backend: give it the whole budget.
+    client_timeout = aiohttp.ClientTimeout(total=timeout + 30)
+    async with aiohttp.ClientSession(headers=headers, timeout=client_timeout) as session:
+        if not await _answers(session, "GET", f"{base}/health", None, deadline):
+            logger.error("the gateway did not answer %s/health within %.0f s", base, timeout)
+            return False
+        logger.info("deploying %s version %s ...", model.name, model.version)
+        try:
+            async with session.post(f"{base}/deploy/{model.name}/{model.version}") as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    logger.error("demo deploy failed (%s): %s", resp.status, text)
+                    return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.error("demo deploy failed: %r", exc)
+            return False
+        if not await _answers(session, "POST", f"{base}/{key}", demo_request(), deadline):
+            logger.error(
+                "%s did not answer a prediction within %.0f s (GATEWAY_DEPLOY_TIMEOUT); "
+                "see %s/get_deployed_models and the backend's log",
+                key,
+                timeout,
+                base,
+            )
+            return False
+    print(_try_this(base, key, authorized=token is not None), flush=True)
+    return True
+
+
+def demo_request() -> dict[str, object]:
+    """A one-row inference body of the demo model (MLflow's `dataframe_split`)."""
+    return {"dataframe_split": {"columns": list(DEMO_ROW), "data": [list(DEMO_ROW.values())]}}
+
+
+async def _answers(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: dict[str, object] | None,
+    deadline: float,
+) -> bool:
+    """Call `url` until it answers 200 or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            async with session.request(method, url, json=body) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return True
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # not listening yet
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
+def _try_this(base: str, key: str, *, authorized: bool) -> str:
+    row = json.dumps(demo_request())
+    auth = ' -H "Authorization: Bearer $GATEWAY_ADMIN_TOKEN"' if authorized else ""
+    return f"""
+modelgw is serving {key} at {base}. Try:
+
+  curl -s{auth} {base}/get_deployed_models
+  curl -s{auth} -X POST {base}/{key} -H 'Content-Type: application/json' \\
+       -d '{row}'
+  curl -s{auth} {base}/model/{key}/signature
+
+Press Ctrl-C to stop the gateway and its backends.
+"""
