@@ -14,6 +14,8 @@ from gateway.dataplane import batching
 from gateway.dataplane.batching import MERGE_MAX_BYTES, Batcher, mergeable
 from tests.gateway.dataplane.conftest import GatewayFactory, deployment, running_replica
 
+SEEN_IDS = web.AppKey("seen_ids", list[str])  # a str key warns (NotAppKeyWarning)
+
 
 @pytest.fixture
 async def predicting_backend() -> TestServer:
@@ -30,7 +32,7 @@ async def predicting_backend() -> TestServer:
         )
 
     app.router.add_post("/invocations", invocations)
-    app["seen_ids"] = seen_ids
+    app[SEEN_IDS] = seen_ids
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield server
@@ -63,7 +65,7 @@ async def test_batched_calls_are_timed_counted_and_carry_request_ids(
         assert backend_header == "fake"  # the backend's own answer headers are kept
     batcher = gw.app[BATCHERS]["m-1"]
     assert batcher.merged_calls > 0  # some calls really were merged
-    seen = predicting_backend.app["seen_ids"]
+    seen = predicting_backend.app[SEEN_IDS]
     assert sorted(i for header in seen for i in header.split(",")) == sorted(
         f"req-{i}" for i in range(12)
     )
