@@ -1,5 +1,6 @@
-"""Process supervision for model backends: ports, child lifecycle, desired state.
+"""Supervision of model backends: desired state, life cycle, placement.
 
 This package knows nothing about HTTP routing or MLflow; the gateway hands it a
-command factory and reads its routing table.
+placement (for local child processes, one with a command factory) and reads its
+routing table.
 """

@@ -8,21 +8,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.errors import InvalidTransition
-from supervisor.process import ChildProcess
+from supervisor.placement.base import BackendHandle
 from supervisor.state_store import DeploymentRecord
 from supervisor.states import State, can_transition
 
 
 @dataclass(eq=False)
 class Replica:
-    """One backend process on one port."""
+    """One backend of a deployment; where it listens follows its latest handle."""
 
     index: int
-    port: int
+    port: int = 0  # 0 until a placement has said where it listens
     host: str = "127.0.0.1"
     state: State = State.STOPPED
     healthy: bool = False
-    process: ChildProcess | None = None
+    handle: BackendHandle | None = None
+    node: str | None = None
     restarts: int = 0
     started_at: float | None = None
     last_error: str | None = None
@@ -33,22 +34,36 @@ class Replica:
     def __post_init__(self) -> None:
         self.base_url = f"http://{self.host}:{self.port}"
 
+    def bind(self, handle: BackendHandle) -> None:
+        """Route to `handle` from now on (called while the replica is not routable)."""
+        self.handle = handle
+        self.host, self.port, self.node = handle.host, handle.port, handle.node
+        self.base_url = handle.endpoint
+
     @property
     def routable(self) -> bool:
         return self.state is State.RUNNING and self.healthy
 
+    @property
+    def pid(self) -> int | None:
+        """The live local process id, if any."""
+        handle = self.handle
+        return handle.pid if handle is not None and handle.alive else None
+
     def transition(self, new: State) -> None:
         if not can_transition(self.state, new):
-            raise InvalidTransition(f"replica {self.port}: {self.state} -> {new}")
+            raise InvalidTransition(f"replica {self.index}: {self.state} -> {new}")
         self.state = new
 
     def describe(self) -> dict[str, Any]:
         return {
             "replica": self.index,
             "port": self.port,
+            "node": self.node,
+            "endpoint": self.base_url if self.handle is not None else None,
             "status": self.state.value,
             "healthy": self.healthy,
-            "pid": self.process.pid if self.process and self.process.returncode is None else None,
+            "pid": self.pid,
             "started_at": _iso(self.started_at),
             "restarts": self.restarts,
             "last_error": self.last_error,

@@ -1,7 +1,10 @@
 -- Desired state of the gateway. A row in `deployments` means "keep this model
--- version served"; the gateway replays every row at boot. `backends` holds the
--- port of each running replica; UNIQUE(port) makes a double allocation
+-- version served"; the gateway replays every row at boot. `backends` holds one
+-- row per replica: where it was last started, for re-attaching or sweeping it
+-- at boot. `port` is the local placement's reservation (NULL for a placement
+-- that reserves no local port); UNIQUE(port) makes a double allocation
 -- impossible even across processes sharing this file.
+-- StateStore.open migrates files written by earlier versions.
 PRAGMA foreign_keys = ON;
 
 CREATE TABLE IF NOT EXISTS deployments (
@@ -15,9 +18,12 @@ CREATE TABLE IF NOT EXISTS deployments (
 );
 
 CREATE TABLE IF NOT EXISTS backends (
-    key      TEXT NOT NULL REFERENCES deployments(key) ON DELETE CASCADE,
-    replica  INTEGER NOT NULL DEFAULT 0,
-    port     INTEGER NOT NULL UNIQUE,
-    pid      INTEGER,                         -- last child started, for orphan clean-up at boot
+    key       TEXT NOT NULL REFERENCES deployments(key) ON DELETE CASCADE,
+    replica   INTEGER NOT NULL DEFAULT 0,
+    port      INTEGER UNIQUE,                 -- reserved local port
+    pid       INTEGER,                        -- last local child, for orphan clean-up at boot
+    ref       TEXT,                           -- the placement's handle to re-attach to it
+    node      TEXT,                           -- where it last ran
+    endpoint  TEXT,                           -- the URL it last listened on
     PRIMARY KEY (key, replica)
 );

@@ -1,10 +1,13 @@
 """A stand-in for `mlflow models serve`: a tiny HTTP server with /ping and /invocations.
 
-usage: fake_backend.py PORT [ready|exit|never-ready]
+usage: fake_backend.py PORT [MODE] [HOST]
+MODE: ready (default) | exit (fails at once) | never-ready (never listens) |
+      stubborn (ready, and ignores SIGTERM, so only a SIGKILL ends it)
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -29,7 +32,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    port, mode = int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "ready"
+    port = int(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "ready"
+    host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
     print(f"fake backend starting on {port} ({mode})", flush=True)
     if mode == "exit":
         print("fatal: cannot load model", flush=True)
@@ -38,7 +43,9 @@ def main() -> None:
         import time
 
         time.sleep(3600)
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ThreadingHTTPServer((host, port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

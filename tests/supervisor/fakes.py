@@ -1,8 +1,19 @@
-"""Fakes for supervision tests: a clock whose sleeps return at once."""
+"""Fakes for supervision tests: a clock whose sleeps return at once, and a
+placement that runs no process (its backends' /ping is one in-process server)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence, Set
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from supervisor.errors import BackendStartError
+from supervisor.placement.base import BackendHandle, Placement
+from supervisor.state_store import DeploymentRecord, SavedBackend
+from tests.support import unused_port
 
 
 class FakeClock:
@@ -29,3 +40,100 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.time += seconds
+
+
+@asynccontextmanager
+async def ping_server() -> AsyncIterator[int]:
+    """A real HTTP server on loopback answering /ping: every fake backend's endpoint."""
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(text="\n")
+
+    app = web.Application()
+    app.router.add_get("/ping", ping)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+class FakeHandle(BackendHandle):
+    """A backend that is only a future: it ends when told to (or when first watched)."""
+
+    def __init__(self, port: int, ref: str, *, crash_when_watched: bool = False) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self.node = "fake-node"
+        self.ref = ref
+        self._ended: asyncio.Future[int | str] = asyncio.get_running_loop().create_future()
+        self._crash = crash_when_watched
+        self.stops = 0
+
+    @property
+    def alive(self) -> bool:
+        return not self._ended.done()
+
+    def exit(self, code: int | str) -> None:
+        if not self._ended.done():
+            self._ended.set_result(code)
+
+    async def wait_exit(self) -> int | str:
+        if self._crash:
+            self.exit(1)
+        return await asyncio.shield(self._ended)
+
+    async def stop(self, grace: float) -> None:
+        self.stops += 1
+        self.exit("stopped")
+
+    async def log_tail(self, lines: int = 25) -> str:
+        return f"output of {self.ref}"
+
+
+class FakePlacement(Placement):
+    """Follows a script, one word per start; "run" once the script is used up.
+
+    run: ready, runs until told to exit; crash: ready, exits as soon as it is
+    watched; deaf: never answers /ping; fail: the start itself fails.
+    """
+
+    name = "fake"
+
+    def __init__(self, ping_port: int, script: Iterable[str] = ()) -> None:
+        self.ping_port = ping_port
+        self.script = deque(script)
+        self.started: list[FakeHandle] = []
+        self.reserved: list[tuple[str, list[int]]] = []
+        self.survivors: dict[tuple[str, int], FakeHandle] = {}
+        self.attached: list[SavedBackend] = []
+        self.swept: list[set[tuple[str, int]]] = []
+
+    async def reserve(self, record: DeploymentRecord, replicas: Sequence[int]) -> None:
+        self.reserved.append((record.key, list(replicas)))
+
+    async def start(self, record: DeploymentRecord, replica: int) -> FakeHandle:
+        word = self.script.popleft() if self.script else "run"
+        if word == "fail":
+            raise BackendStartError("fake start failed", "fake output")
+        port = unused_port() if word == "deaf" else self.ping_port
+        ref = f"{record.key}#{replica}/{len(self.started)}"
+        handle = FakeHandle(port, ref, crash_when_watched=word == "crash")
+        self.started.append(handle)
+        return handle
+
+    async def attach(
+        self, record: DeploymentRecord, replica: int, saved: SavedBackend
+    ) -> FakeHandle | None:
+        self.attached.append(saved)
+        survivor = self.survivors.get((record.key, replica))
+        return survivor if survivor is not None and survivor.ref == saved.ref else None
+
+    async def sweep(self, wanted: Set[tuple[str, int]]) -> None:
+        self.swept.append(set(wanted))
+
+    async def close(self) -> None:
+        pass

@@ -1,4 +1,5 @@
-"""The manager against a fake backend script: start, crash, failed start, restore."""
+"""The manager with the local placement and a fake backend script: start, crash,
+failed start, restore, scale, replace, wait_ready, set_options."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import aiohttp
 import pytest
 
 from supervisor.errors import BackendStartError, NotDeployed
+from supervisor.keep_alive import Keeper
 from supervisor.manager import Manager, SupervisorConfig
+from supervisor.placement.local import CommandFactory, LocalPlacement
 from supervisor.process import Command
 from supervisor.state_store import DeploymentRecord, StateStore
 from supervisor.states import State
@@ -28,8 +31,8 @@ def record(key: str, mode: str = "ready") -> DeploymentRecord:
     return DeploymentRecord(key=key, model_name=name, version=version, options={"mode": mode})
 
 
-async def fake_command(rec: DeploymentRecord, port: int) -> Command:
-    return Command([sys.executable, FAKE, str(port), rec.options["mode"]])
+async def fake_command(rec: DeploymentRecord, port: int, host: str) -> Command:
+    return Command([sys.executable, FAKE, str(port), rec.options["mode"], host])
 
 
 class Harness:
@@ -38,22 +41,30 @@ class Harness:
         start, end = free_port_range(3)
         self.port_range = range(start, end + 1)
         self.events: list[tuple[str, str]] = []
-        self.factory = fake_command
+        self.factory: CommandFactory = fake_command
         self.config = SupervisorConfig(
-            log_dir=tmp_path / "logs", deploy_timeout=5, stop_timeout=2,
-            health_interval=0.2, health_timeout=0.5, health_failures=2, max_start_retries=3,
+            deploy_timeout=5, stop_timeout=2, health_interval=0.2, health_timeout=0.5,
+            health_failures=2, max_start_retries=3,
         )  # fmt: skip
 
     async def open(self) -> Manager:
-        self.store = await StateStore.open(self.tmp_path / "state.db", self.port_range)
+        self.store = await StateStore.open(self.tmp_path / "state.db")
         self.session = aiohttp.ClientSession()
+        self.placement = LocalPlacement(
+            self.store, self.factory, self.tmp_path / "logs", port_range=self.port_range,
+            stop_timeout=self.config.stop_timeout,
+        )  # fmt: skip
         return Manager(
-            self.store, self.factory, self.config, self.session,
+            self.store, self.placement, self.config, self.session,
             listener=lambda event, d, r: self.events.append((event, d.key)),
         )  # fmt: skip
 
+    async def free_ports(self) -> int:
+        return await self.placement.count_free_ports()
+
     async def close(self, manager: Manager) -> None:
         await manager.close()
+        await self.placement.close()
         await self.session.close()
         await self.store.close()
 
@@ -80,17 +91,21 @@ async def test_deploy_crash_restart_and_undeploy(harness: Harness) -> None:
         assert again is deployment and not created_again
         replica = deployment.replicas[0]
         assert replica.state is State.RUNNING and replica.routable
-        first_pid = replica.process.pid
+        first_pid = replica.pid
+        assert first_pid is not None
+        view = deployment.describe()["replicas"][0]
+        assert view["pid"] == first_pid and view["node"] == "local"
+        assert view["endpoint"] == f"http://127.0.0.1:{replica.port}" == replica.base_url
 
         os.kill(first_pid, signal.SIGKILL)
         await wait_for(lambda: replica.restarts == 1 and replica.routable)
-        assert replica.process.pid != first_pid
+        assert replica.pid is not None and replica.pid != first_pid
         assert ("unhealthy", "m-1") in harness.events and ("restarted", "m-1") in harness.events
 
         await manager.undeploy("m-1")
         assert replica.state is State.STOPPED
-        assert not pid_alive(replica.process.pid)
-        assert await harness.store.count_free_ports() == len(harness.port_range)
+        assert replica.handle is not None and not pid_alive(replica.handle.pid or 0)
+        assert await harness.free_ports() == len(harness.port_range)
         with pytest.raises(NotDeployed):
             await manager.undeploy("m-1")
     finally:
@@ -112,7 +127,7 @@ async def test_failed_start_reports_output_and_leaves_nothing(
         assert "fake backend starting" in info.value.log_tail
         assert manager.table == {}
         assert await harness.store.load() == []
-        assert await harness.store.count_free_ports() == len(harness.port_range)
+        assert await harness.free_ports() == len(harness.port_range)
         assert not processes_mentioning(f"{FAKE} {harness.port_range.start}")
     finally:
         await harness.close(manager)
@@ -121,7 +136,8 @@ async def test_failed_start_reports_output_and_leaves_nothing(
 async def test_close_keeps_desired_state_and_restore_brings_it_back(harness: Harness) -> None:
     manager = await harness.open()
     deployment, _ = await manager.deploy(record("m-1"))
-    port, pid = deployment.replicas[0].port, deployment.replicas[0].process.pid
+    port, pid = deployment.replicas[0].port, deployment.replicas[0].pid
+    assert pid is not None
     await harness.close(manager)
     assert not pid_alive(pid)
 
@@ -141,7 +157,7 @@ async def test_a_dead_replica_leaves_the_rotation_and_comes_back(harness: Harnes
         deployment, _ = await manager.deploy(record("m-1"), replicas=2)
         first, second = deployment.replicas
         assert first.port != second.port and first.routable and second.routable
-        os.kill(first.process.pid, signal.SIGKILL)
+        os.kill(first.pid or 0, signal.SIGKILL)
         await wait_for(lambda: not first.routable)
         assert {deployment.pick() for _ in range(5)} == {second}
         await wait_for(lambda: first.routable and first.restarts == 1)
@@ -158,19 +174,19 @@ async def test_scale_and_replace_swap_replicas_and_free_ports(harness: Harness) 
         deployment, _ = await manager.deploy(record("m-1"))
         await manager.scale("m-1", 3)
         assert len(deployment.replicas) == 3 and all(r.routable for r in deployment.replicas)
-        assert await harness.store.count_free_ports() == 0
+        assert await harness.free_ports() == 0
         dropped = deployment.replicas[1:]
         await manager.scale("m-1", 1)
         assert len(deployment.replicas) == 1
-        assert all(not pid_alive(r.process.pid) for r in dropped)
-        assert await harness.store.count_free_ports() == 2
+        assert all(r.handle and not pid_alive(r.handle.pid or 0) for r in dropped)
+        assert await harness.free_ports() == 2
 
         old = deployment.replicas[0]
         await manager.replace(record("m-1"), 2)
-        assert old not in deployment.replicas and not pid_alive(old.process.pid)
+        assert old not in deployment.replicas and old.handle and not pid_alive(old.handle.pid or 0)
         assert len(deployment.replicas) == 2 and all(r.routable for r in deployment.replicas)
         [(_, rows)] = await harness.store.load()
-        assert sorted(p for _, p, _ in rows) == sorted(r.port for r in deployment.replicas)
+        assert sorted(b.port for b in rows) == sorted(r.port for r in deployment.replicas)
     finally:
         await harness.close(manager)
 
@@ -184,7 +200,7 @@ async def test_a_failed_replace_keeps_the_old_backends(harness: Harness) -> None
             await manager.replace(record("m-1", mode="exit"), 1)
         assert deployment.replicas == [old] and old.routable
         assert deployment.record.options["mode"] == "ready"
-        assert await harness.store.count_free_ports() == len(harness.port_range) - 1
+        assert await harness.free_ports() == len(harness.port_range) - 1
     finally:
         await harness.close(manager)
 
@@ -195,7 +211,7 @@ async def test_a_failed_replace_keeps_the_old_backends(harness: Harness) -> None
 async def test_a_command_factory_that_raises_fails_the_deploy_with_its_reason(
     harness: Harness,
 ) -> None:
-    async def broken(rec: DeploymentRecord, port: int) -> Command:
+    async def broken(rec: DeploymentRecord, port: int, host: str) -> Command:
         raise RuntimeError("the registry is unreachable")
 
     harness.factory = broken
@@ -214,7 +230,7 @@ async def test_a_command_factory_that_raises_fails_the_deploy_with_its_reason(
 async def test_a_hanging_command_factory_is_bounded_by_the_deploy_timeout(
     harness: Harness,
 ) -> None:
-    async def stuck(rec: DeploymentRecord, port: int) -> Command:
+    async def stuck(rec: DeploymentRecord, port: int, host: str) -> Command:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -222,7 +238,7 @@ async def test_a_hanging_command_factory_is_bounded_by_the_deploy_timeout(
     harness.config = dataclasses.replace(harness.config, deploy_timeout=0.5)
     manager = await harness.open()
     try:
-        with pytest.raises(BackendStartError, match=r"within 0\.5s"):
+        with pytest.raises(BackendStartError, match=r"did not start within 0\.5s"):
             await asyncio.wait_for(manager.deploy(record("m-1")), 10)
         assert manager.table == {}
     finally:
@@ -234,7 +250,7 @@ async def test_a_restored_deployment_whose_factory_raises_goes_fatal(harness: Ha
     await manager.deploy(record("m-1"))
     await harness.close(manager)
 
-    async def broken(rec: DeploymentRecord, port: int) -> Command:
+    async def broken(rec: DeploymentRecord, port: int, host: str) -> Command:
         raise OSError("disk full")
 
     harness.factory = broken
@@ -256,7 +272,7 @@ async def test_a_supervision_bug_before_the_first_start_still_answers_the_deploy
     def broken_detector(*args: object, **kwargs: object) -> None:
         raise RuntimeError("bug in supervision")
 
-    monkeypatch.setattr("supervisor.manager.FlapDetector", broken_detector)
+    monkeypatch.setattr("supervisor.keep_alive.FlapDetector", broken_detector)
     manager = await harness.open()
     try:
         with pytest.raises(BackendStartError, match="bug in supervision"):
@@ -269,12 +285,11 @@ async def test_a_supervision_bug_before_the_first_start_still_answers_the_deploy
 async def test_a_supervision_task_that_dies_is_logged_and_visible(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    manager = await harness.open()
-
     async def broken_watch(*args: object) -> str:
         raise RuntimeError("bug while watching")
 
-    monkeypatch.setattr(manager, "_watch", broken_watch)
+    monkeypatch.setattr(Keeper, "_watch", broken_watch)
+    manager = await harness.open()
     try:
         deployment, _ = await manager.deploy(record("m-1"))
         replica = deployment.replicas[0]
@@ -297,7 +312,7 @@ async def test_a_listener_that_raises_does_not_stop_supervision(harness: Harness
     try:
         deployment, _ = await manager.deploy(record("m-1"))
         replica = deployment.replicas[0]
-        os.kill(replica.process.pid, signal.SIGKILL)
+        os.kill(replica.pid or 0, signal.SIGKILL)
         await wait_for(lambda: replica.restarts == 1 and replica.routable)
     finally:
         await harness.close(manager)
@@ -375,3 +390,26 @@ async def test_set_options_merges_persists_and_waits_for_the_key_lock(harness: H
             await manager.set_options("m-2", {"max_batch_size": 2})
     finally:
         await harness.close(manager)
+
+
+async def test_a_bare_command_factory_still_gets_a_local_placement(tmp_path: Path) -> None:
+    """The gateway's call until it builds its own LocalPlacement (temporary shim)."""
+
+    async def legacy(rec: DeploymentRecord, port: int) -> Command:
+        return Command([sys.executable, FAKE, str(port)])
+
+    start, end = free_port_range(2)
+    store = await StateStore.open(tmp_path / "state.db", range(start, end + 1))
+    config = SupervisorConfig(log_dir=tmp_path / "logs", deploy_timeout=5, stop_timeout=2)
+    async with aiohttp.ClientSession() as session:
+        manager = Manager(store, legacy, config, session)
+        try:
+            assert isinstance(manager.placement, LocalPlacement)
+            deployment, _ = await manager.deploy(record("m-1"))
+            assert deployment.replicas[0].port == start and deployment.replicas[0].routable
+            assert await store.count_free_ports() == 1
+            await manager.undeploy("m-1")
+            assert await store.count_free_ports() == 2
+        finally:
+            await manager.close()
+            await store.close()
