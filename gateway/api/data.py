@@ -7,7 +7,6 @@ Paths are the original's (`/model/{key}/metrics`, `/set_new_metrics`, `/dataset`
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import re
@@ -18,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app_keys import SETTINGS, STORE, UPSTREAM
+from gateway.app_keys import REGISTRY, ROUTES, SETTINGS, STORE, UPSTREAM
 from gateway.dataplane.backend_call import call_backend
 from gateway.dataplane.proxy import lookup
 from gateway.edge.params import read_body, read_json_object, resolve_key, single_query
@@ -27,8 +26,8 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
 )
-from gateway.quality.report import DEFAULT_TOLERANCE, ReportInput, build_report
-from gateway.quality.scores import compute_metrics
+from gateway.quality.report import DEFAULT_TOLERANCE, ReportInput, build_report, reference_frame
+from gateway.quality.scores import needs_classes, score_feedback
 from gateway.records.rows import columns_of, csv_chunk, csv_line, jsonl_chunk, prediction_values
 from gateway.records.stores.base import MetricsSnapshot
 
@@ -68,6 +67,22 @@ def _epoch(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
+async def _require_known(
+    request: web.Request, name: str, version: str, *, has_data: bool = False
+) -> None:
+    """A 404 for a model version that is not deployed, not in the registry, never logged.
+
+    Logged calls outlive the registry entry (a deleted version's history is still
+    wanted), so they are enough, as is any data the caller already found
+    (`has_data`); the registry is asked last, and only for keys with nothing.
+    """
+    if has_data or request.match_info["key"] in request.app[ROUTES]:
+        return
+    if await request.app[STORE].has_records(name, version):
+        return
+    await request.app[REGISTRY].resolve(name, version)  # ModelNotFound / VersionNotFound
+
+
 # ------------------------------------------------------------------ dataset
 
 
@@ -84,6 +99,8 @@ async def dataset(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     start_ts = _epoch(start) if start else None
     end_ts = _epoch(end + timedelta(days=1)) if end else None  # end_date is inclusive
+    # Decided before the response starts: after prepare() the status is sent.
+    await _require_known(request, name, version)
 
     response = web.StreamResponse(
         headers={
@@ -131,6 +148,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     name, version = resolve_key(request, request.match_info["key"])
     baseline = await request.app[STORE].get_baseline(name, version)
     if baseline is None:
+        await _require_known(request, name, version)
         raise BaselineNotFound(
             f"no baseline metrics for {name}-{version}: deploy it, or its run logged none"
         )
@@ -153,9 +171,7 @@ async def put_reference(request: web.Request) -> web.Response:
         raise BadRequest("send the reference data as a CSV body with a header row")
 
     def check() -> tuple[int, list[str]]:
-        import pandas as pd
-
-        frame = pd.read_csv(io.BytesIO(body))
+        frame = reference_frame(body)  # as the report will read it
         return len(frame), [str(c) for c in frame.columns]
 
     try:
@@ -227,9 +243,10 @@ async def set_new_metrics(request: web.Request) -> web.Response:
             f"{len(results)} results were given for {len(predictions)} predictions;"
             " give one ground-truth value per input row"
         )
-    values, skipped = await asyncio.to_thread(
-        compute_metrics, list(baseline.metrics), results, predictions
-    )
+    names = list(baseline.metrics)
+    # The model's classes come from its training table: a batch shows only some of them.
+    training = await store.get_reference(name, version) if needs_classes(names) else None
+    values, skipped = await asyncio.to_thread(score_feedback, names, results, predictions, training)
     snapshot = MetricsSnapshot(_snapshot_name(ts), ts, values, skipped, len(results))
     await store.add_snapshot(name, version, snapshot)
     body = snapshot.as_dict()
@@ -240,6 +257,7 @@ async def set_new_metrics(request: web.Request) -> web.Response:
 async def new_metrics_file_names(request: web.Request) -> web.Response:
     name, version = resolve_key(request, request.match_info["key"])
     snapshots = await request.app[STORE].list_snapshots(name, version)
+    await _require_known(request, name, version, has_data=bool(snapshots))
     return web.json_response({"files": [s.name for s in snapshots]})
 
 
@@ -261,6 +279,7 @@ async def metrics_history(request: web.Request) -> web.Response:
     store = request.app[STORE]
     baseline = await store.get_baseline(name, version)
     snapshots = await store.list_snapshots(name, version)
+    await _require_known(request, name, version, has_data=baseline is not None or bool(snapshots))
     return web.json_response(
         {
             "model_name": name,
@@ -301,6 +320,8 @@ async def degradation_report(request: web.Request) -> web.StreamResponse:
         snapshots=await store.list_snapshots(name, version), now=now, tolerance=tolerance,
         records_capped=capped,
     )  # fmt: skip
+    has_data = bool(records or inp.reference_csv or inp.baseline or inp.snapshots)
+    await _require_known(request, name, version, has_data=has_data)
     archive, summary = await asyncio.to_thread(build_report, inp)
     if fmt == "json":
         return web.json_response(summary)

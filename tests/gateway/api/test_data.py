@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from sklearn import metrics as skm
 from sklearn.datasets import load_wine
 
+from gateway.deploy.demo import DEMO_ROW
 from tests.conftest import RegistryInfo
 from tests.support import Gateway, wait_until
 
@@ -276,11 +277,68 @@ def test_report_with_feedback_shows_metric_decline(gw: Gateway, wine: pd.DataFra
     assert latest.set_index("metric").loc["accuracy", "degraded"]
 
 
-def test_report_without_data_says_what_is_missing(gw: Gateway) -> None:
-    summary = gw.get("/model/other-model-1/degradation_report?format=json").json()
+def test_report_without_data_says_what_is_missing(gw: Gateway, wine: pd.DataFrame) -> None:
+    # A key known only by its reference data: the report builds and names what is missing.
+    reply = gw.request(
+        "PUT",
+        "/model/reference-only-1/reference",
+        body=wine.head(10).to_csv(index=False).encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert reply.status == 200, reply.body
+    summary = gw.get("/model/reference-only-1/degradation_report?format=json").json()
     assert summary["status"] == "insufficient_data"
-    assert any("reference data" in m for m in summary["missing"])
+    assert not any("reference data" in m for m in summary["missing"])
     assert any("logged inputs" in m for m in summary["missing"])
+    assert any("baseline metrics" in m for m in summary["missing"])
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [("never-model-1", "model_not_found"), ("wine-quality-99", "version_not_found")],
+)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "dataset",
+        "dataset?format=jsonl",
+        "metrics",
+        "metrics/history",
+        "new_metrics_file_name",
+        "degradation_report",
+        "degradation_report?format=json",
+    ],
+)
+def test_data_of_a_key_that_never_existed_is_404(
+    gw: Gateway, key: str, code: str, path: str
+) -> None:
+    reply = gw.get(f"/model/{key}/{path}")
+    assert reply.status == 404, reply.body
+    assert reply.headers["content-type"].startswith("application/json")
+    body = reply.json()
+    assert body["error"] == code and body["detail"]
+
+
+def test_history_outlives_the_registry_entry(gw: Gateway) -> None:
+    """Calls logged for a version that has since left the registry are still exported."""
+    inputs = {"dataframe_records": [{"alcohol": 13.2, "ash": 2.14}]}
+    with sqlite3.connect(Path(gw.data_dir) / "inference.db", timeout=30) as db:
+        db.execute(
+            "INSERT INTO inference_log"
+            " (id, model, version, ts, content_type, inputs, predictions)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("retired-1", "retired-model", "3", 1_700_000_000.0, "application/json",
+             json.dumps(inputs), '{"predictions": [1]}'),
+        )  # fmt: skip
+    db.close()
+    exported = _dataset(gw, "retired-model-3")
+    assert exported[["alcohol", "ash", "prediction"]].to_dict("records") == [
+        {"alcohol": 13.2, "ash": 2.14, "prediction": 1}
+    ]
+    assert gw.get("/model/retired-model-3/metrics/history").status == 200
+    summary = gw.get("/model/retired-model-3/degradation_report?format=json")
+    assert summary.status == 200, summary.body
+    assert any("reference data" in m for m in summary.json()["missing"])
 
 
 def test_reference_upload(gw: Gateway, wine: pd.DataFrame) -> None:
@@ -327,3 +385,62 @@ def test_a_locked_store_loses_nothing(gw: Gateway, wine: pd.DataFrame) -> None:
     wait_until(lambda: _logged_rows(gw, V1) == before + 30, 30, what="every record to arrive")
     stats = gw.get("/health").json()["inference_log"]
     assert stats["store_up"] and stats["lost"] == 0 and stats["replayed"] > 0
+
+
+def _correctly_predicted(
+    local_model: Any, wine: pd.DataFrame, classes: dict[int, int]
+) -> tuple[pd.DataFrame, list[int]]:
+    """Rows of the wine set the demo model gets right, `classes[c]` rows of class `c`."""
+    target = load_wine(as_frame=True).target
+    predicted = pd.Series(local_model.predict(wine), index=wine.index)
+    picked: list[int] = []
+    for label, count in classes.items():
+        right = wine.index[(target == label) & (predicted == label)]
+        picked.extend(right[:count])
+    return wine.loc[picked], [int(target[i]) for i in picked]
+
+
+def test_one_right_answer_scores_perfectly(
+    gateway: Gateway, local_model: Any, wine: pd.DataFrame
+) -> None:
+    """The README's example: one correctly predicted row of the 3-class demo model."""
+    row = pd.DataFrame([DEMO_ROW])
+    [label] = local_model.predict(row)
+    reply = gateway.post(
+        f"/model/{V1}/set_new_metrics",
+        json_body={
+            "dataframe_split": json.loads(row.to_json(orient="split", index=False)),
+            "results": [int(label)],
+        },
+    )
+    assert reply.status == 201, reply.body
+    snapshot = reply.json()
+    assert snapshot["skipped"] == {}
+    assert snapshot["metrics"] == {"accuracy": 1.0, "f1_score": 1.0, "precision": 1.0,
+                                   "recall": 1.0}  # fmt: skip
+    summary = gateway.get(f"/model/{V1}/degradation_report?format=json").json()
+    assert summary["latest_snapshot"] == snapshot["name"]
+    assert summary["degraded_metrics"] == []
+
+
+def test_two_classes_of_a_three_class_model_are_scored_as_multi_class(
+    gateway: Gateway, local_model: Any, wine: pd.DataFrame
+) -> None:
+    rows, truth = _correctly_predicted(local_model, wine, {0: 3, 2: 2})
+    truth[0] = 2  # one wrong answer, so the averages are not all 1.0
+    reply = gateway.post(
+        f"/model/{V1}/set_new_metrics",
+        json_body={"dataframe_records": rows.to_dict(orient="records"), "results": truth},
+    )
+    assert reply.status == 201, reply.body
+    snapshot = reply.json()
+    assert snapshot["skipped"] == {}
+    predicted = local_model.predict(rows)
+    assert sorted(set(truth) | set(predicted)) == [0, 2]
+    for name, fn in (
+        ("f1_score", skm.f1_score),
+        ("precision", skm.precision_score),
+        ("recall", skm.recall_score),
+    ):
+        expected = fn(truth, predicted, average="weighted", zero_division=0)
+        assert snapshot["metrics"][name] == pytest.approx(expected), name
