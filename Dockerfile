@@ -14,17 +14,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN apt-get update && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 modelgw \
-    && mkdir -p /data /app \
+    && mkdir -p /data \
     && chown modelgw:modelgw /data
 
-WORKDIR /app
-COPY pyproject.toml README.md schema.sql type_mapping.json ./
+# A regular (wheel) install: schema.sql and type_mapping.json travel inside the
+# packages, so the sources are not needed at run time.
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY supervisor ./supervisor
-# Editable, so the gateway finds schema.sql and type_mapping.json beside its package.
-RUN pip install -e ".[mongodb]"
+RUN pip install "/src[mongodb]" && rm -rf /src
 
 USER modelgw
+WORKDIR /data
 VOLUME ["/data"]
 # Only the API port: backends (START_PORT-END_PORT) listen on 127.0.0.1 inside.
 EXPOSE 8000

@@ -1,12 +1,14 @@
 # Two commands do everything on a fresh machine with Python 3.11+:
 #   make run   - install, register a demo model, serve it on 127.0.0.1:8000
-#   make test  - install test dependencies, lint, run the whole suite
+#   make test  - install test dependencies, lint, run the whole suite (it builds the
+#                wheel and installs it into a fresh venv: see tests/packaging)
+#   make wheel - dist/modelgw-<version>-py3-none-any.whl, for `pip install` elsewhere
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench wheel clean
 
 $(STAMP)-install: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -42,5 +44,8 @@ bench: $(STAMP)-test
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk nginx; fi; }
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+wheel: $(STAMP)-install
+	$(PY) -m pip wheel --no-deps --quiet -w dist .
+
 clean:
-	rm -rf $(VENV) gateway-data .pytest_cache .ruff_cache
+	rm -rf $(VENV) gateway-data .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info
