@@ -45,6 +45,11 @@ class Replica:
         return self.state is State.RUNNING and self.healthy
 
     @property
+    def endpoint(self) -> str | None:
+        """Where its backend listens, once a placement has started one."""
+        return self.base_url if self.handle is not None else None
+
+    @property
     def pid(self) -> int | None:
         """The live local process id, if any."""
         handle = self.handle
@@ -60,7 +65,7 @@ class Replica:
             "replica": self.index,
             "port": self.port,
             "node": self.node,
-            "endpoint": self.base_url if self.handle is not None else None,
+            "endpoint": self.endpoint,
             "status": self.state.value,
             "healthy": self.healthy,
             "pid": self.pid,
