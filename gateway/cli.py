@@ -1,7 +1,10 @@
-"""The `modelgw` command: `serve` runs the gateway, `demo` runs it with a demo model.
+"""The `modelgw` command: `serve` runs the gateway, `demo` runs it with a demo model;
+`ls`, `deploy`, `scale`, `undeploy`, `predict`, `logs` and `report` are the client of
+a running gateway (gateway/client/).
 
 Every setting is an environment variable (see settings.py); a flag given here
-overrides it. Settings are built once and passed down.
+overrides it. Settings are built once and passed down. Client commands build no
+Settings and touch no data dir: they need only GATEWAY_URL and a credential.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any, NoReturn
 from aiohttp import web
 from pydantic import ValidationError
 
+from gateway.client import commands as client_commands
+from gateway.client.parsers import add_parsers as add_client_parsers
 from gateway.edge.request_ids import JsonAccessLogger, access_logger, configure_access_log
 from gateway.settings import Settings, describe_errors
 
@@ -171,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for sub in subparsers.values():
         _add_setting_flags(sub)
+    add_client_parsers(commands)
     args = parser.parse_args(argv)
+    if args.command in client_commands.COMMANDS:
+        return client_commands.run(args)
     try:
         settings = build_settings(args)
     except ValidationError as exc:
