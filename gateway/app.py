@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.api import data as data_api
-from gateway.api import management, ops
+from gateway.api import management, ops, v2
 from gateway.app_keys import (
     BATCHERS,
     DEPLOYER,
@@ -169,6 +169,13 @@ def route_scopes() -> dict[object, Scope]:
         ops.metrics: Scope.METRICS,
         proxy.invoke: Scope.INFERENCE,
         proxy.backend_get: Scope.INFERENCE,
+        # Open Inference Protocol: health is open (probes), the rest is inference.
+        v2.live: Scope.OPEN,
+        v2.server_ready: Scope.OPEN,
+        v2.server_metadata: Scope.INFERENCE,
+        v2.model_metadata_handler: Scope.INFERENCE,
+        v2.model_ready: Scope.INFERENCE,
+        v2.infer: Scope.INFERENCE,
     }
 
 
@@ -217,6 +224,7 @@ def create_app(settings: Settings) -> web.Application:
     management.add_routes(app)
     data_api.add_routes(app)
     ops.add_routes(app)
+    v2.add_routes(app)
     proxy.add_routes(app)  # catch-all key routes last
     app.on_startup.append(_freeze_heap)
     return app

@@ -9,6 +9,8 @@ body or awaits a store: the inference log takes a tuple and moves on.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -64,45 +66,20 @@ def _timing(request: web.Request, key: str) -> KeyMetrics | None:
     return metrics.for_key(key if key in request.app[ROUTES] else UNKNOWN_KEY)
 
 
-async def invoke(request: web.Request) -> web.StreamResponse:
-    """POST /{key}, /{key}/invocations, /model/{key}: one prediction call."""
-    timing = _timing(request, request.match_info["key"])
+async def timed(
+    request: web.Request,
+    key: str,
+    work: Callable[[KeyMetrics | None], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Run one inference call for `key`, counted in flight and timed by its final status."""
+    timing = _timing(request, key)
     started = time.perf_counter()
     status = 500
     if timing is not None:
         timing.in_flight.inc()
     try:
-        deployment = lookup(request)
-        body = await read_body(request)
-        content_type = request.headers.get(hdrs.CONTENT_TYPE, "application/json")
-        header_lines = request_header_lines(request)
-        response: web.StreamResponse | None = None
-        batcher = request.app[BATCHERS].get(deployment.key)
-        if batcher is not None:
-            answer = await batcher.submit(
-                body, content_type, header_lines, request_id(request), timing
-            )
-            if answer is not None:
-                response = await relay(request, answer)
-        if response is None:
-            answer = await call_backend(
-                request.app[UPSTREAM], deployment, "POST", "/invocations",
-                header_lines, body, timing,
-            )  # fmt: skip
-            response = await relay(request, answer)
+        response = await work(timing)
         status = response.status
-        log = request.app[INFERENCE_LOG]
-        if log is not None and 200 <= status < 300:
-            # A streamed (large) answer was never held whole: its inputs are logged alone.
-            answer_body = response.body if isinstance(response, web.Response) else None
-            record = deployment.record
-            log.submit(
-                record.model_name,
-                record.version,
-                content_type,
-                body,
-                answer_body if isinstance(answer_body, bytes) else None,
-            )
         return response
     except (GatewayError, web.HTTPException) as exc:
         status = exc.status
@@ -111,6 +88,63 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         if timing is not None:
             timing.in_flight.dec()
             timing.done(status, time.perf_counter() - started)
+
+
+async def serve(
+    request: web.Request,
+    deployment: Deployment,
+    body: bytes,
+    content_type: str,
+    header_lines: str,
+    timing: KeyMetrics | None,
+    *,
+    whole: bool = False,
+) -> web.StreamResponse:
+    """One MLflow scoring call: through the batcher (if any) or straight to a backend.
+
+    The answer is relayed, and a success goes to the inference log with the
+    scoring body it answered. `whole` asks for the answer held in memory, never
+    streamed, for callers that translate it.
+    """
+    response: web.StreamResponse | None = None
+    batcher = request.app[BATCHERS].get(deployment.key)
+    if batcher is not None:
+        answer = await batcher.submit(body, content_type, header_lines, request_id(request), timing)
+        if answer is not None:
+            response = await relay(request, answer)
+    if response is None:
+        answer = await call_backend(
+            request.app[UPSTREAM], deployment, "POST", "/invocations",
+            header_lines, body, timing, whole=whole,
+        )  # fmt: skip
+        response = await relay(request, answer)
+    log = request.app[INFERENCE_LOG]
+    if log is not None and 200 <= response.status < 300:
+        # A streamed (large) answer was never held whole: its inputs are logged alone.
+        answer_body = response.body if isinstance(response, web.Response) else None
+        record = deployment.record
+        log.submit(
+            record.model_name,
+            record.version,
+            content_type,
+            body,
+            answer_body if isinstance(answer_body, bytes) else None,
+        )
+    return response
+
+
+async def invoke(request: web.Request) -> web.StreamResponse:
+    """POST /{key}, /{key}/invocations, /model/{key}: one prediction call."""
+    return await timed(request, request.match_info["key"], partial(_invoke, request))
+
+
+async def _invoke(request: web.Request, timing: KeyMetrics | None) -> web.StreamResponse:
+    deployment = lookup(request)
+    body = await read_body(request)
+    content_type = request.headers.get(hdrs.CONTENT_TYPE, "application/json")
+    return await serve(
+        request, deployment, body, content_type, request_header_lines(request), timing
+    )
 
 
 async def backend_get(request: web.Request) -> web.StreamResponse:
