@@ -36,6 +36,28 @@ format: $(STAMP)-test
 test: lint
 	$(VENV)/bin/pytest
 
+# The compose stack's checks (tests/test_compose.py) run Debian's docker-compose (to
+# validate compose.yaml), nginx (the stack's site config in front of a live gateway) and
+# promtool, unpacked from Debian's prometheus package into the venv, so no Prometheus
+# server is installed or started.
+.PHONY: compose-tools
+test: compose-tools
+compose-tools: $(STAMP)-install
+	@command -v docker-compose >/dev/null && command -v nginx >/dev/null \
+	  && command -v openssl >/dev/null || { \
+	  echo "installing docker-compose, nginx and openssl from the system's packages"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq \
+	  && $$sudo apt-get install -y -qq --no-install-recommends docker-compose nginx openssl; }
+	@test -x $(VENV)/bin/promtool || { \
+	  echo "unpacking promtool from the system's prometheus package"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  dir=$$(mktemp -d) && chmod 755 $$dir && $$sudo apt-get update -qq \
+	  && (cd $$dir && apt-get download -qq prometheus) \
+	  && dpkg-deb --fsys-tarfile $$dir/prometheus_*.deb | tar -xO ./usr/bin/promtool > $(VENV)/bin/promtool.part \
+	  && chmod +x $(VENV)/bin/promtool.part && mv $(VENV)/bin/promtool.part $(VENV)/bin/promtool; \
+	  status=$$?; rm -rf $$dir; exit $$status; }
+
 # Benchmarks are not tests: they print figures and never fail on a threshold.
 bench: $(STAMP)-test
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
