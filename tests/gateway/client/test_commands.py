@@ -24,7 +24,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
+from tests.conftest import RegistryInfo
 from tests.gateway.client.conftest import modelgw
 from tests.support import REPO, WINE_COLUMNS, WINE_VALUES, Gateway, unused_port, wait_until
 
@@ -241,6 +243,25 @@ def test_deploy_of_a_version_that_does_not_exist(own_gateway: Gateway) -> None:
     [line] = result.err.splitlines()
     assert line.startswith("modelgw deploy: deploy of wine-quality-99 failed: ")
     assert line.endswith("(HTTP 404 version_not_found)")
+
+
+def test_deploy_an_alias(own_gateway: Gateway, registry: RegistryInfo) -> None:
+    # An alias of its own: other tests move `champion` and `staging`.
+    MlflowClient(registry.tracking_uri).set_registered_model_alias(
+        "wine-quality", "cli-stable", "1"
+    )
+    result = modelgw("deploy", "wine-quality", "@cli-stable", "--wait")
+    assert result.code == 0, result.err
+    assert "wine-quality@cli-stable: running, 1/1 replicas ready" in result.out
+    row = [line for line in modelgw("ls").out.splitlines() if line.startswith("wine-quality@")]
+    assert row[0].split()[:5] == [
+        "wine-quality@cli-stable",
+        "running",
+        "wine-quality",
+        "1",
+        "(@cli-stable)",
+    ]
+    assert modelgw("undeploy", "wine-quality@cli-stable").code == 0
 
 
 def test_deploy_without_wait_returns_once_listed(own_gateway: Gateway) -> None:
