@@ -33,8 +33,16 @@ format: $(STAMP)-test
 	$(VENV)/bin/ruff format gateway supervisor tests bench
 	$(VENV)/bin/ruff check --fix gateway supervisor tests bench
 
-test: lint
+test: lint chromium
 	$(VENV)/bin/pytest
+
+# The console's browser test drives Debian's chromium (Playwright never downloads one).
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium from the system's packages"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
 
 # The compose stack's checks (tests/test_compose.py) run Debian's docker-compose (to
 # validate compose.yaml), nginx (the stack's site config in front of a live gateway) and

@@ -15,7 +15,9 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from gateway import console
 from gateway.api import data as data_api
+from gateway.api import logs as logs_api
 from gateway.api import management, ops, v2
 from gateway.app_keys import (
     BATCHERS,
@@ -166,6 +168,8 @@ def route_scopes() -> dict[object, Scope]:
         management.health: Scope.OPEN,
         ops.openapi_json: Scope.OPEN,
         ops.docs: Scope.OPEN,
+        # The console's page and files hold no data; its API calls carry credentials.
+        **dict.fromkeys(console.OPEN_HANDLERS, Scope.OPEN),
         ops.metrics: Scope.METRICS,
         proxy.invoke: Scope.INFERENCE,
         proxy.backend_get: Scope.INFERENCE,
@@ -224,6 +228,8 @@ def create_app(settings: Settings) -> web.Application:
     management.add_routes(app)
     data_api.add_routes(app)
     ops.add_routes(app)
+    logs_api.add_routes(app)
+    console.add_routes(app)  # before the catch-all: /ui/... is no key
     v2.add_routes(app)
     proxy.add_routes(app)  # catch-all key routes last
     app.on_startup.append(_freeze_heap)
