@@ -11,7 +11,8 @@ cancels out:
 - gateway vs nginx in front of a trivial fixed-response backend (raw capacity);
 - input logging on vs off; batching on vs off; 1 vs 2 replicas;
 - deploy-to-ready seconds and resident memory per deployment, lean vs
-  `mlflow models serve`, and the two backends' own requests/s.
+  `mlflow models serve`, and the two backends' own requests/s;
+- Open Inference Protocol (V2) infer vs `/invocations`, both through the gateway.
 
 Pinning: with `taskset` available and at least 2 cores, wrk runs on the last
 core and every server on the others, so load generation never steals CPU from
@@ -183,12 +184,12 @@ class Bench:
         return parse_wrk(out)
 
     def compare(self, name: str, a: tuple[str, str], b: tuple[str, str], body: Path,
-                connections: int) -> dict[str, Any]:  # fmt: skip
-        """Interleave A and B `rounds` times; keep the median of each."""
+                connections: int, body_b: Path | None = None) -> dict[str, Any]:  # fmt: skip
+        """Interleave A and B `rounds` times; keep the median of each (B may post `body_b`)."""
         runs: dict[str, list[dict[str, float]]] = {a[0]: [], b[0]: []}
         for _ in range(self.rounds):
-            for label, url in (a, b):
-                runs[label].append(self.wrk(url, body, connections))
+            for (label, url), sent in ((a, body), (b, body_b or body)):
+                runs[label].append(self.wrk(url, sent, connections))
         row: dict[str, Any] = {"scenario": name, "connections": connections, "body": body.stem}
         for label in (a[0], b[0]):
             row[label] = {k: statistics.median(r[k] for r in runs[label]) for k in runs[label][0]}
@@ -529,6 +530,35 @@ def section_deploy(s: Setup) -> None:
     s.bench.results.append({"scenario": "deploy cost", **costs})
 
 
+def v2_body(split_body: Path) -> Path:
+    """The same rows as an Open Inference Protocol request: one FP64 [N] tensor per column."""
+    split = json.loads(split_body.read_text())["dataframe_split"]
+    columns = list(zip(*split["data"], strict=True))
+    inputs = [{"name": name, "datatype": "FP64", "shape": [len(values)], "data": list(values)}
+              for name, values in zip(split["columns"], columns, strict=True)]  # fmt: skip
+    path = split_body.with_name(f"{split_body.stem}-v2.json")
+    path.write_text(json.dumps({"inputs": inputs}))
+    return path
+
+
+def section_v2(s: Setup) -> None:
+    print("\n== Open Inference Protocol (V2) infer vs /invocations, through the gateway")
+    gw = s.lean
+    v2 = v2_body(s.body["1row"])
+    status, answer = http("POST", f"{gw.url}/v2/models/{MODEL}/versions/1/infer", v2.read_bytes())
+    if status != 200:
+        raise RuntimeError(f"V2 infer failed: {status} {answer}")
+    for c in (1, 64):
+        s.bench.compare(
+            "/invocations vs V2 infer",
+            ("invocations", f"{gw.url}/{KEY}/invocations"),
+            ("v2", f"{gw.url}/v2/models/{MODEL}/versions/1/infer"),
+            s.body["1row"],
+            c,
+            body_b=v2,
+        )
+
+
 SECTIONS = {
     "direct": section_direct,
     "trivial": section_trivial,
@@ -537,6 +567,7 @@ SECTIONS = {
     "batching": section_batching,
     "replicas": section_replicas,
     "deploy": section_deploy,
+    "v2": section_v2,
 }
 
 

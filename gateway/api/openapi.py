@@ -139,6 +139,78 @@ INFERENCE_RESPONSES = {
 }
 
 
+def _v2_paths() -> dict[str, Any]:
+    """The Open Inference Protocol (KServe V2 REST) endpoints."""
+    key = {**_param("name", description="A deployed key: `<model>-<version>` or `<model>@<alias>`."), "example": "wine-quality-1"}  # fmt: skip
+    model = {**_param("name", description="Registered model name."), "example": "wine-quality"}  # fmt: skip
+    version = {**_param("version", description="Model version number."), "example": "1"}  # fmt: skip
+    header_length = _param("Inference-Header-Content-Length", "header", {"type": "integer", "minimum": 1}, "Binary tensor extension: the JSON header's length; raw tensor bytes follow it")  # fmt: skip
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    infer = _op(
+        "Open Inference Protocol inference, translated to the model's /invocations and back",
+        {"200": {"description": "V2 outputs: JSON or, for outputs asked as binary, a JSON header (its length in `Inference-Header-Content-Length`) then raw tensor bytes",
+                 "content": {JSON: {"schema": _ref("V2InferResponse")}, **binary}}},
+        body={"required": True, "content": {JSON: {"schema": _ref("V2InferRequest")}, **binary}}, tag="v2")  # fmt: skip
+    metadata = _op("Model metadata from its MLflow signature", {"200": _json(_ref("V2ModelMetadata"))}, tag="v2")  # fmt: skip
+    ready = _op("Whether a backend of the model can serve now (503 if not)", {"200": _json({"type": "object", "required": ["name", "version", "ready"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "ready": {"type": "boolean"}}})}, tag="v2")  # fmt: skip
+    paths: dict[str, Any] = {
+        "/v2": {"get": _op("Server metadata and protocol extensions", {"200": _json(_ref("V2ServerMetadata"))}, tag="v2")},
+        "/v2/health/live": {"get": _op("Liveness", {"200": _json({"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}})}, tag="v2")},
+        "/v2/health/ready": {"get": _op("Readiness: every deployed model can serve (503 if not)", {"200": _json({"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}})}, tag="v2")},
+    }  # fmt: skip
+    for prefix, params in (("/v2/models/{name}", [key]), ("/v2/models/{name}/versions/{version}", [model, version])):  # fmt: skip
+        paths[prefix] = {"get": {**metadata, "parameters": params}}
+        paths[f"{prefix}/ready"] = {"get": {**ready, "parameters": params}}
+        paths[f"{prefix}/infer"] = {"post": {**infer, "parameters": [*params, header_length]}}
+    return paths
+
+
+_V2_TENSOR_META = {
+    "type": "object", "required": ["name", "datatype", "shape"],
+    "properties": {"name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}}},
+}  # fmt: skip
+_V2_EXAMPLE_ROW = (("alcohol", 13.0), ("malic_acid", 2.0), ("ash", 2.4), ("alcalinity_of_ash", 19.0), ("magnesium", 100.0), ("total_phenols", 2.3), ("flavanoids", 2.0), ("nonflavanoid_phenols", 0.35), ("proanthocyanins", 1.6), ("color_intensity", 5.0), ("hue", 1.0), ("od280_od315_of_diluted_wines", 2.6), ("proline", 750.0))  # fmt: skip
+SCHEMAS.update({
+    "V2ServerMetadata": {
+        "type": "object", "required": ["name", "version", "extensions"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "extensions": {"type": "array", "items": {"type": "string"}}},
+    },
+    "V2ModelMetadata": {
+        "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}}, "platform": {"type": "string"},
+                       "inputs": {"type": "array", "items": _V2_TENSOR_META}, "outputs": {"type": "array", "items": _V2_TENSOR_META}},
+    },
+    "V2InferRequest": {
+        "type": "object", "required": ["inputs"],
+        "description": "Inputs by the names and datatypes of the model's metadata (a column-based model takes one [N] tensor per column); `parameters` other than the protocol's own become MLflow params.",
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "datatype", "shape"],
+                "properties": {"name": {"type": "string"},
+                               "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]},
+                               "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                               "data": {"type": "array", "description": "Row-major values, flat or nested"},
+                               "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
+        },
+        "example": {"id": "call-1", "inputs": [{"name": n, "datatype": "FP64", "shape": [1], "data": [v]} for n, v in _V2_EXAMPLE_ROW]},
+    },
+    "V2InferResponse": {
+        "type": "object", "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "outputs": {"type": "array", "items": {
+                "type": "object", "required": ["name", "datatype", "shape"],
+                "properties": {"name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                               "data": {"type": "array"}, "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}}}}},
+        },
+    },
+})  # fmt: skip
+
+
 def build_spec() -> dict[str, Any]:
     date = {"type": "string", "format": "date"}
     paths: dict[str, Any] = {
@@ -163,12 +235,6 @@ def build_spec() -> dict[str, Any]:
         "/undeploy/{key}": {"post": _op("Stop a deployment and free its ports", {"200": _json({"type": "object", "required": ["key", "status", "freed_ports"], "properties": {"key": {"type": "string"}, "status": {"type": "string"}, "freed_ports": {"type": "array", "items": {"type": "integer"}}, "message": {"type": "string"}}})}, params=[KEY])},
         "/get_deployed_models": {"get": _op("Every deployment by key", {"200": _json({"type": "object", "additionalProperties": _ref("Deployment")})})},
         "/get_number_free_ports": {"get": _op("Free ports of the backend range", {"200": _json({"type": "integer", "minimum": 0})})},
-        "/logs/{key}": {"get": _op(
-            "A deployment's recent backend output, per replica",
-            {"200": _json({"type": "object", "required": ["key", "lines", "replicas"], "properties": {"key": {"type": "string"}, "lines": {"type": "integer"}, "replicas": {"type": "array", "items": {"type": "object", "required": ["replica", "node", "status", "log"], "properties": {"replica": {"type": "integer"}, "node": NULLABLE_STRING, "status": {"type": "string"}, "log": {"type": "string"}}}}}})},
-            params=[KEY, _param("replica", "query", {"type": "integer", "minimum": 0}, "One replica's index (default: every replica)"),
-                    _param("lines", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "Last lines per replica (default 100)")],
-            tag="operations")},
         "/{key}": {"post": _op("Predict (the original's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
         "/{key}/invocations": {"post": _op("Predict (MLflow's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
         "/model/{key}": {"post": _op("Predict (the original web frontend's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
@@ -194,6 +260,7 @@ def build_spec() -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})}, tag="operations")},
         "/docs": {"get": _op("A readable page of this document", {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}, tag="operations")},
     }  # fmt: skip
+    paths.update(_v2_paths())
     return {
         "openapi": "3.0.3",
         "info": {

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -87,6 +86,8 @@ class ModelSpec:
     columns: bool  # a column-based input signature: dataframe_split
     named_tensors: bool  # tensor inputs sent by name: {"inputs": {name: ...}}
     positional_columns: bool = False  # unnamed columns: dataframe_split without names
+    by_name: dict[str, TensorMeta] = field(default_factory=dict)  # the inputs, for look-ups
+    required: tuple[str, ...] = ()
 
     @property
     def has_signature(self) -> bool:
@@ -132,6 +133,8 @@ def spec_from_signature(signature: dict[str, Any]) -> ModelSpec:
         columns=columns,
         named_tensors=not columns and named and len(raw_inputs) > 0,
         positional_columns=columns and bool(raw_inputs) and not named,
+        by_name={m.name: m for m in inputs},
+        required=tuple(m.name for m in inputs if m.required),
     )
 
 
@@ -248,16 +251,20 @@ def _requested_outputs(value: Any) -> list[tuple[str, bool]] | None:
 
 def _input(item: Any, binary: bytes, offset: int) -> tuple[InputTensor, int]:
     """One input tensor, and how many bytes of the binary part it took."""
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+    if type(item) is not dict or type(item.get("name")) is not str:
         raise BadTensor("each input needs a string 'name'")
-    name = item["name"]
-    datatype, shape = item.get("datatype"), item.get("shape")
-    if not isinstance(datatype, str):
+    name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
+    if type(datatype) is not str:
         raise BadTensor(f"input {name!r} needs a string 'datatype'")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise BadTensor(f"input {name!r} needs a 'shape': a list of non-negative integers")
-    count = math.prod(shape)
-    size = _object(item.get("parameters"), "parameters").get("binary_data_size")
+    if type(shape) is not list:
+        shape = [None]
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise BadTensor(f"input {name!r} needs a 'shape': a list of non-negative integers")
+        count *= dim
+    parameters = item.get("parameters")
+    size = None if parameters is None else _object(parameters, "parameters").get("binary_data_size")
     if size is not None:
         if "data" in item:
             raise BadTensor(f"input {name!r} has both 'data' and binary_data_size")
@@ -294,7 +301,10 @@ def _from_json(name: str, datatype: str, data: Any) -> list[Any]:
 
 def _flatten(data: list[Any]) -> list[Any]:
     """Nested lists in row-major order; a flat list is returned as it is."""
-    if not any(type(v) is list for v in data):
+    for value in data:
+        if type(value) is list:
+            break
+    else:
         return data
     flat: list[Any] = []
     stack = [iter(data)]
@@ -356,7 +366,7 @@ def mlflow_body(request: InferRequest, spec: ModelSpec) -> bytes:
     if spec.columns and (spec.has_signature or all(len(t.shape) == 1 for t in inputs)):
         body = {"dataframe_split": _dataframe_split(inputs, spec)}
     elif spec.named_tensors or (not spec.has_signature and len(inputs) > 1):
-        metas = {m.name: m for m in spec.inputs}
+        metas = spec.by_name
         body = {"inputs": {t.name: _tensor_value(t, metas.get(t.name)) for t in inputs}}
     elif len(inputs) == 1:
         body = {"inputs": _tensor_value(inputs[0], spec.inputs[0] if spec.inputs else None)}
@@ -368,18 +378,19 @@ def mlflow_body(request: InferRequest, spec: ModelSpec) -> bytes:
 
 
 def _check_names(by_name: dict[str, InputTensor], spec: ModelSpec) -> None:
-    takes = ", ".join(repr(m.name) for m in spec.inputs)
-    known = {m.name for m in spec.inputs}
     for name in by_name:
-        if name not in known:
-            raise BadTensor(f"unknown input {name!r}; the model takes {takes}")
-    for meta in spec.inputs:
-        if meta.required and meta.name not in by_name:
-            raise BadTensor(f"missing input {meta.name!r}; the model takes {takes}")
+        if name not in spec.by_name:
+            raise BadTensor(f"unknown input {name!r}; the model takes {_takes(spec)}")
+    for name in spec.required:
+        if name not in by_name:
+            raise BadTensor(f"missing input {name!r}; the model takes {_takes(spec)}")
+
+
+def _takes(spec: ModelSpec) -> str:
+    return ", ".join(repr(m.name) for m in spec.inputs)
 
 
 def _dataframe_split(inputs: list[InputTensor], spec: ModelSpec) -> dict[str, Any]:
-    metas = {m.name: m for m in spec.inputs}
     rows = -1
     for tensor in inputs:
         shape = tensor.shape
@@ -393,7 +404,7 @@ def _dataframe_split(inputs: list[InputTensor], spec: ModelSpec) -> dict[str, An
         if rows >= 0 and shape[0] != rows:
             raise BadTensor(f"input {tensor.name!r} has {shape[0]} rows, the other inputs {rows}")
         rows = shape[0]
-    columns = [_column(t, metas.get(t.name)) for t in inputs]
+    columns = [_column(t, spec.by_name.get(t.name)) for t in inputs]
     data = [list(row) for row in zip(*columns, strict=True)]
     if spec.positional_columns:
         return {"data": data}
