@@ -235,6 +235,12 @@ def build_spec() -> dict[str, Any]:
         "/undeploy/{key}": {"post": _op("Stop a deployment and free its ports", {"200": _json({"type": "object", "required": ["key", "status", "freed_ports"], "properties": {"key": {"type": "string"}, "status": {"type": "string"}, "freed_ports": {"type": "array", "items": {"type": "integer"}}, "message": {"type": "string"}}})}, params=[KEY])},
         "/get_deployed_models": {"get": _op("Every deployment by key", {"200": _json({"type": "object", "additionalProperties": _ref("Deployment")})})},
         "/get_number_free_ports": {"get": _op("Free ports of the backend range", {"200": _json({"type": "integer", "minimum": 0})})},
+        "/logs/{key}": {"get": _op(
+            "A deployment's recent backend output, per replica",
+            {"200": _json({"type": "object", "required": ["key", "lines", "replicas"], "properties": {"key": {"type": "string"}, "lines": {"type": "integer"}, "replicas": {"type": "array", "items": {"type": "object", "required": ["replica", "node", "status", "log"], "properties": {"replica": {"type": "integer"}, "node": NULLABLE_STRING, "status": {"type": "string"}, "log": {"type": "string"}}}}}})},
+            params=[KEY, _param("replica", "query", {"type": "integer", "minimum": 0}, "One replica's index (default: every replica)"),
+                    _param("lines", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "Last lines per replica (default 100)")],
+            tag="operations")},
         "/{key}": {"post": _op("Predict (the original's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
         "/{key}/invocations": {"post": _op("Predict (MLflow's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
         "/model/{key}": {"post": _op("Predict (the original web frontend's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
