@@ -12,7 +12,8 @@ cancels out:
 - input logging on vs off; batching on vs off; 1 vs 2 replicas;
 - deploy-to-ready seconds and resident memory per deployment, lean vs
   `mlflow models serve`, and the two backends' own requests/s;
-- Open Inference Protocol (V2) infer vs `/invocations`, both through the gateway.
+- Open Inference Protocol (V2) infer vs `/invocations`, both through the gateway, with
+  the real model and in front of the trivial backend.
 
 Pinning: with `taskset` available and at least 2 cores, wrk runs on the last
 core and every server on the others, so load generation never steals CPU from
@@ -389,6 +390,14 @@ class Setup:
     def classic(self) -> Server:  # `mlflow models serve` backends
         return self.gateway("gw-mlflow", GATEWAY_LAUNCHER="mlflow", GATEWAY_LOG_INPUTS="0")
 
+    @property
+    def trivial(self) -> Server:  # a fixed-answer nginx backend: what is left is the gateway
+        command = json.dumps([sys.executable, str(REPO / "bench" / "trivial_backend.py"), "{port}",
+                              str(self.bench.work / "trivial")])  # fmt: skip
+        # Access logs off on both sides (nginx: access_log off) for raw capacity.
+        return self.gateway("gw-trivial", GATEWAY_BACKEND_COMMAND=command,
+                            GATEWAY_LOG_INPUTS="0", GATEWAY_LOG_LEVEL="WARNING")  # fmt: skip
+
 
 def section_direct(s: Setup) -> None:
     print("\n== the gateway vs calling `mlflow models serve` directly (same backend)")
@@ -407,21 +416,7 @@ def section_direct(s: Setup) -> None:
 def section_trivial(s: Setup) -> None:
     print("\n== raw proxy capacity: nginx vs the gateway in front of a trivial backend")
     work = s.bench.work
-    command = json.dumps(
-        [
-            sys.executable,
-            str(REPO / "bench" / "trivial_backend.py"),
-            "{port}",
-            str(work / "trivial"),
-        ]
-    )
-    # Access logs off on both sides (nginx: access_log off) for raw capacity.
-    gw = s.gateway(
-        "gw-trivial",
-        GATEWAY_BACKEND_COMMAND=command,
-        GATEWAY_LOG_INPUTS="0",
-        GATEWAY_LOG_LEVEL="WARNING",
-    )
+    gw = s.trivial
     backend = s.backend_url(gw)
     upstream = int(backend.split(":")[2].split("/")[0])
     port = free_port()
@@ -553,6 +548,18 @@ def section_v2(s: Setup) -> None:
             "/invocations vs V2 infer",
             ("invocations", f"{gw.url}/{KEY}/invocations"),
             ("v2", f"{gw.url}/v2/models/{MODEL}/versions/1/infer"),
+            s.body["1row"],
+            c,
+            body_b=v2,
+        )
+    # In front of a fixed-answer backend the gateway is all there is: the translation's
+    # whole cost shows (the model above takes most of a real call's time).
+    trivial = s.trivial
+    for c in (1, 64):
+        s.bench.compare(
+            "/invocations vs V2 (trivial backend)",
+            ("invocations", f"{trivial.url}/{KEY}/invocations"),
+            ("v2", f"{trivial.url}/v2/models/{MODEL}/versions/1/infer"),
             s.body["1row"],
             c,
             body_b=v2,
