@@ -23,7 +23,9 @@ import pytest
 from tests.conftest import RegistryInfo
 from tests.support import ONE_ROW, REPO, free_port_range, request, unused_port, wait_until
 
-pytestmark = pytest.mark.packaging
+# Generous bounds: building, installing and a first start that compiles every module
+# it imports (the install skips byte-compiling) take minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 # Everything of a working tree a build does not read, or must not see.
 _NOT_BUILT = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
@@ -31,7 +33,7 @@ _NOT_BUILT = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*
                                     "mlruns", "bench-results")  # fmt: skip
 
 
-def run(*argv: str | Path, timeout: float = 300, **kwargs: object) -> str:
+def run(*argv: str | Path, timeout: float = 600, **kwargs: object) -> str:
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
                             timeout=timeout, **kwargs)  # type: ignore[call-overload]  # fmt: skip
     assert result.returncode == 0, (
@@ -133,6 +135,7 @@ def served(venv: Path, registry: RegistryInfo, elsewhere: Path) -> Iterator[int]
     env = clean_env(venv)
     env.update(MLFLOW_TRACKING_URI=registry.tracking_uri, GATEWAY_PORT=str(port),
                START_PORT=str(first), END_PORT=str(last), GATEWAY_STOP_TIMEOUT="3",
+               GATEWAY_DEPLOY_TIMEOUT="240",
                GATEWAY_DATA_DIR=str(elsewhere / "data"))  # fmt: skip
     log_path = elsewhere / "modelgw.log"
     with open(log_path, "wb") as log:
@@ -148,7 +151,7 @@ def served(venv: Path, registry: RegistryInfo, elsewhere: Path) -> Iterator[int]
             return False
 
     try:
-        wait_until(up, 60, 0.1, "the installed gateway to answer /health")
+        wait_until(up, 240, 0.1, f"the installed gateway to answer /health (log: {log_path})")
         yield port
     finally:
         proc.terminate()
@@ -162,12 +165,12 @@ def served(venv: Path, registry: RegistryInfo, elsewhere: Path) -> Iterator[int]
 @pytest.mark.integration
 def test_the_installed_gateway_deploys_the_demo_model_and_predicts(served: int) -> None:
     assert request(served, "GET", "/type_mapping").status == 200  # a data file of the wheel
-    deployed = request(served, "POST", "/deploy/wine-quality/1")
+    deployed = request(served, "POST", "/deploy/wine-quality/1", timeout=300)
     assert deployed.status in (200, 201), deployed.body
 
     def predicted() -> object:
         reply = request(served, "POST", "/wine-quality-1", json_body=ONE_ROW)
         return reply.json() if reply.status == 200 else None
 
-    answer = wait_until(predicted, 120, 0.2, "a prediction from the installed gateway")
+    answer = wait_until(predicted, 240, 0.2, "a prediction from the installed gateway")
     assert len(answer["predictions"]) == 1
