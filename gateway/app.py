@@ -17,14 +17,16 @@ from aiohttp.typedefs import Middleware
 
 from gateway import console
 from gateway.api import data as data_api
+from gateway.api import hooks, management, ops, v2
 from gateway.api import logs as logs_api
-from gateway.api import management, ops, v2
 from gateway.app_keys import (
+    ALIASES,
     BATCHERS,
     DEPLOYER,
     INFERENCE_LOG,
     LAUNCHER,
     METRICS,
+    PLACEMENT,
     REGISTRY,
     ROUTES,
     SETTINGS,
@@ -34,7 +36,9 @@ from gateway.app_keys import (
 )
 from gateway.dataplane import proxy
 from gateway.dataplane.upstream import UpstreamPool
+from gateway.deploy.aliases import AliasFollower
 from gateway.deploy.launchers import make_launcher
+from gateway.deploy.placement import make_placement
 from gateway.deploy.registry import Registry
 from gateway.deploy.service import DeployService
 from gateway.edge.auth import Authenticator, Scope, auth_middleware, load_htpasswd
@@ -63,7 +67,7 @@ def supervisor_config(settings: Settings) -> SupervisorConfig:
 
 async def _state_store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = await StateStore.open(settings.state_db, settings.port_range)
+    store = await StateStore.open(settings.state_db)
     app[STATE_STORE] = store
     yield
     await store.close()
@@ -126,9 +130,9 @@ async def _deployer(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=4.0)
     ) as probe_session:
-        manager = Manager(
-            app[STATE_STORE], app[LAUNCHER].build, supervisor_config(settings), probe_session
-        )
+        placement = make_placement(settings, app[STATE_STORE], app[LAUNCHER])
+        app[PLACEMENT] = placement
+        manager = Manager(app[STATE_STORE], placement, supervisor_config(settings), probe_session)
         deployer = DeployService(
             manager, app[REGISTRY], app[STORE], app[METRICS], app[UPSTREAM],
             ready_timeout=settings.deploy_timeout,
@@ -138,8 +142,13 @@ async def _deployer(app: web.Application) -> AsyncIterator[None]:
         app[ROUTES] = manager.table
         app[METRICS].watch(manager.table, lambda: app.get(INFERENCE_LOG))
         await deployer.restore()
+        follower = AliasFollower(deployer, settings.alias_poll_s)
+        app[ALIASES] = follower
+        follower.start()
         yield
+        await follower.close()
         await deployer.close()
+        await placement.close()
 
 
 def _htpasswd(settings: Settings) -> dict[str, bytes] | None:
@@ -166,6 +175,8 @@ def route_scopes() -> dict[object, Scope]:
     """Which access class each handler belongs to; anything unlisted is admin."""
     return {
         management.health: Scope.OPEN,
+        # MLflow cannot send our tokens; the call is verified by its HMAC signature.
+        hooks.mlflow_webhook: Scope.OPEN,
         ops.openapi_json: Scope.OPEN,
         ops.docs: Scope.OPEN,
         # The console's page and files hold no data; its API calls carry credentials.
@@ -230,6 +241,7 @@ def create_app(settings: Settings) -> web.Application:
     ops.add_routes(app)
     logs_api.add_routes(app)
     console.add_routes(app)  # before the catch-all: /ui/... is no key
+    hooks.add_routes(app)
     v2.add_routes(app)
     proxy.add_routes(app)  # catch-all key routes last
     app.on_startup.append(_freeze_heap)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.dataplane.batching import Batcher
 from gateway.dataplane.upstream import UpstreamPool
+from gateway.deploy.aliases import AliasFollower
 from gateway.deploy.launchers import Launcher
 from gateway.deploy.registry import Registry
 from gateway.deploy.service import DeployService
@@ -14,6 +15,7 @@ from gateway.records.stores.base import Store
 from gateway.records.writer import InferenceLogger
 from gateway.settings import Settings
 from supervisor.deployment import Deployment
+from supervisor.placement.base import Placement
 from supervisor.state_store import StateStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,7 +32,11 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 BATCHERS = web.AppKey("batchers", dict[str, Batcher])
 # Deploy, replace, scale and undeploy: the only writer of deployment state.
 DEPLOYER = web.AppKey("deployer", DeployService)
+# Keeps alias deployments on the version their registry alias points at.
+ALIASES = web.AppKey("aliases", AliasFollower)
 # How backends start (the command factory) and whether dropped calls may be re-sent.
 LAUNCHER = web.AppKey("launcher", Launcher)
+# Where backends run (local processes, or a cluster).
+PLACEMENT = web.AppKey("placement", Placement)
 # The keep-alive connection pool every call to a backend goes through.
 UPSTREAM = web.AppKey("upstream", UpstreamPool)

@@ -33,6 +33,14 @@ class BadRequest(GatewayError):
     status, code = 400, "bad_request"
 
 
+class Unauthorized(GatewayError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(GatewayError):
+    status, code = 403, "forbidden"
+
+
 class InvalidName(GatewayError):
     status, code = 400, "invalid_name"
 
@@ -43,6 +51,10 @@ class ModelNotFound(GatewayError):
 
 class VersionNotFound(GatewayError):
     status, code = 404, "version_not_found"
+
+
+class AliasNotFound(GatewayError):
+    status, code = 404, "alias_not_found"
 
 
 class DeploymentNotFound(GatewayError):

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     deploy_timeout: float = Field(120.0, gt=0, validation_alias=_env("GATEWAY_DEPLOY_TIMEOUT"))
     """Seconds a new backend has to answer /ping before the deploy fails."""
 
+    alias_poll_s: float = Field(30.0, ge=0, validation_alias=_env("GATEWAY_ALIAS_POLL_S"))
+    """Seconds between checks of where the registry aliases of alias deployments point
+    (0: only on webhooks). A moved alias is followed with a zero-downtime replace."""
+
+    webhook_secret: SecretStr | None = Field(None, validation_alias=_env("GATEWAY_WEBHOOK_SECRET"))
+    """The secret of the MLflow registry webhook that calls POST /hooks/mlflow; its
+    HMAC signature is checked on every call (unset: the endpoint refuses every call)."""
+
     stop_timeout: float = Field(10.0, gt=0, validation_alias=_env("GATEWAY_STOP_TIMEOUT"))
     """Seconds between SIGTERM and SIGKILL when a backend is stopped."""
 
@@ -95,7 +103,7 @@ class Settings(BaseSettings):
 
     backend_command: str | None = Field(None, validation_alias=_env("GATEWAY_BACKEND_COMMAND"))
     """A JSON list: the argument vector of a custom backend that speaks MLflow's scoring
-    protocol (/ping, /invocations). `{port}`, `{model}`, `{version}` and `{model_uri}` are
+    protocol (/ping, /invocations). `{port}`, `{host}`, `{model}`, `{version}` and `{model_uri}` are
     filled in. Overrides the launcher for every deployment."""
 
     backend_workers: int = Field(1, ge=1, validation_alias=_env("GATEWAY_BACKEND_WORKERS"))

@@ -9,7 +9,7 @@ import logging
 
 from aiohttp import web
 
-from gateway.app_keys import DEPLOYER, INFERENCE_LOG, REGISTRY, ROUTES, SETTINGS, STATE_STORE
+from gateway.app_keys import DEPLOYER, INFERENCE_LOG, PLACEMENT, REGISTRY, ROUTES, SETTINGS
 from gateway.deploy.options import (
     DEFAULT_BATCH_DELAY_MS,
     ENV_MANAGERS,
@@ -18,7 +18,8 @@ from gateway.deploy.options import (
     MAX_REPLICAS,
     DeployRequest,
 )
-from gateway.edge.names import check_model_name, check_version
+from gateway.deploy.placement import free_ports
+from gateway.edge.names import check_alias, check_model_name, check_version
 from gateway.edge.params import int_query, resolve_key, single_query
 from gateway.errors import BadRequest, DeploymentNotFound
 from supervisor.deployment import Deployment
@@ -90,6 +91,7 @@ def _deploy_body(deployment: Deployment, message: str) -> dict[str, object]:
 
 
 def _deploy_request(request: web.Request) -> DeployRequest:
+    name, version, alias = _model_ref(request)
     env_manager = single_query(request, "env_manager")
     if env_manager is not None and env_manager not in ENV_MANAGERS:
         raise BadRequest(f"env_manager must be one of {', '.join(ENV_MANAGERS)}")
@@ -97,8 +99,9 @@ def _deploy_request(request: web.Request) -> DeployRequest:
     if single_query(request, "replicas") is not None:
         replicas = int_query(request, "replicas", 1, 1, MAX_REPLICAS)
     return DeployRequest(
-        name=check_model_name(request.match_info["model"]),
-        version=check_version(request.match_info["version"]),
+        name=name,
+        version=version,
+        alias=alias,
         env_manager=env_manager,
         replicas=replicas,
         replace=_bool_query(request, "replace"),
@@ -106,8 +109,23 @@ def _deploy_request(request: web.Request) -> DeployRequest:
     )
 
 
+def _model_ref(request: web.Request) -> tuple[str, str | None, str | None]:
+    """(name, version, alias) of `/deploy/{model}/{version}` or `/deploy/{model}@{alias}`."""
+    if "ref" not in request.match_info:
+        return (check_model_name(request.match_info["model"]),
+                check_version(request.match_info["version"]), None)  # fmt: skip
+    name, at, alias = request.match_info["ref"].rpartition("@")
+    if not at:
+        raise BadRequest(
+            "deploy a version with /deploy/<model>/<version> or an alias with"
+            " /deploy/<model>@<alias>"
+        )
+    return check_model_name(name), None, check_alias(alias)
+
+
 async def deploy(request: web.Request) -> web.Response:
-    """POST /deploy/{model}/{version}: 201 when started, 200 when already deployed.
+    """POST /deploy/{model}/{version} or /deploy/{model}@{alias}: 201 when started,
+    200 when already deployed. An alias deployment follows its alias.
 
     Answers once the deployment is ready (or failed), within the deploy timeout.
     `replace=true` on a deployed key starts new backends, switches to them once
@@ -151,7 +169,7 @@ async def get_deployed_models(request: web.Request) -> web.Response:
 
 
 async def get_number_free_ports(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[STATE_STORE].count_free_ports())
+    return web.json_response(await free_ports(request.app[PLACEMENT]))
 
 
 def add_routes(app: web.Application) -> None:
@@ -162,6 +180,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/model/{key}/signature", get_signature)
     r.add_get("/type_mapping", get_type_mapping)
     r.add_post("/deploy/{model}/{version}", deploy)
+    r.add_post("/deploy/{ref}", deploy)
     r.add_post("/undeploy/{key}", undeploy)
     r.add_post("/scale/{key}", scale)
     r.add_get("/get_deployed_models", get_deployed_models)

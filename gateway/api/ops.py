@@ -8,14 +8,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api.openapi import build_spec, docs_page
-from gateway.app_keys import METRICS, STATE_STORE
+from gateway.app_keys import METRICS, PLACEMENT
+from gateway.deploy.placement import free_ports
 
 SPEC = web.AppKey("openapi_spec", dict[str, Any])
 
 
 async def metrics(request: web.Request) -> web.Response:
     gateway_metrics = request.app[METRICS]
-    gateway_metrics.free_ports.set(await request.app[STATE_STORE].count_free_ports())
+    gateway_metrics.free_ports.set(await free_ports(request.app[PLACEMENT]))
     return web.Response(
         body=generate_latest(gateway_metrics.registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST},

@@ -107,6 +107,9 @@ async def call_backend(
     body read here. Transport failures raise 503/504 `GatewayError`s.
     """
     replica = pick_replica(deployment)
+    # Read with the pick, before any await: a replace swaps the record and the
+    # replicas together, so this is the version of the replica just picked.
+    version = deployment.record.version
     replica.in_flight += 1
     started = time.perf_counter()
 
@@ -125,6 +128,7 @@ async def call_backend(
     except BaseException:
         finished()
         raise
+    answer.model_version = version
     if answer.streaming:
         answer.on_finish = finished
     else:

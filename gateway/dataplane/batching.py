@@ -225,7 +225,9 @@ class Batcher:
                 return
             headers = answer_headers(answer)
             for call, part in zip(batch, parts, strict=True):
-                _settle(call, UpstreamResponse(answer.status, headers, part))
+                part_answer = UpstreamResponse(answer.status, headers, part)
+                part_answer.model_version = answer.model_version
+                _settle(call, part_answer)
         except BaseException as exc:
             for call in batch:
                 _settle(call, exc)

@@ -25,6 +25,8 @@ from gateway.edge.telemetry import UNKNOWN_KEY, KeyMetrics
 from gateway.errors import DeploymentNotFound, GatewayError
 from supervisor.deployment import Deployment
 
+MODEL_VERSION_HEADER = "X-Model-Version"
+
 
 def lookup(request: web.Request) -> Deployment:
     """The deployment named by the URL's key (an exact match), or a 404."""
@@ -38,17 +40,19 @@ def lookup(request: web.Request) -> Deployment:
 
 
 async def relay(request: web.Request, answer: UpstreamResponse) -> web.StreamResponse:
-    """The caller's response for a backend answer: errors in our JSON shape, the rest as is."""
+    """The caller's response for a backend answer: errors in our JSON shape, the rest as is.
+
+    Every answer names the model version that produced it (`X-Model-Version`).
+    """
+    headers = answer_headers(answer)
+    if answer.model_version is not None:
+        headers.append((MODEL_VERSION_HEADER, answer.model_version))
     if not answer.streaming:
         if answer.status >= 400:
             keep_trace = request.app[SETTINGS].backend_stack_traces
-            return backend_error_response(
-                answer.status, answer_headers(answer), answer.body, keep_trace
-            )
-        return web.Response(
-            status=answer.status, body=answer.body, headers=CIMultiDict(answer_headers(answer))
-        )
-    response = web.StreamResponse(status=answer.status, headers=CIMultiDict(answer_headers(answer)))
+            return backend_error_response(answer.status, headers, answer.body, keep_trace)
+        return web.Response(status=answer.status, body=answer.body, headers=CIMultiDict(headers))
+    response = web.StreamResponse(status=answer.status, headers=CIMultiDict(headers))
     try:
         await response.prepare(request)
         async for chunk in answer.iter_chunks():

@@ -49,6 +49,8 @@ class UpstreamResponse:
     # Called once when a streamed body has been read to its end or abandoned, so a
     # caller's bookkeeping (in-flight counts, latency) covers the whole stream.
     on_finish: Callable[[], None] | None = field(default=None, repr=False)
+    # The model version whose backend produced this answer (set by call_backend).
+    model_version: str | None = None
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body of a streamed answer, chunk by chunk."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.settings import Settings
-from supervisor.manager import CommandFactory
+from supervisor.placement.local import CommandFactory
 from supervisor.process import Command
 from supervisor.state_store import DeploymentRecord
 
@@ -49,11 +49,11 @@ def mlflow_serve_factory(settings: Settings) -> CommandFactory:
     """`mlflow models serve` of the registry URI, run by this interpreter's MLflow."""
     env = settings.child_environment()
 
-    async def build(record: DeploymentRecord, port: int) -> Command:
+    async def build(record: DeploymentRecord, port: int, host: str) -> Command:
         argv = [
             sys.executable, "-m", "mlflow", "models", "serve",
             "-m", f"models:/{record.model_name}/{record.version}",
-            "-h", "127.0.0.1",
+            "-h", host,
             "-p", str(port),
             "-w", str(settings.backend_workers),
             "--env-manager", record.env_manager,
@@ -130,16 +130,16 @@ def lean_factory(settings: Settings) -> CommandFactory:
     fallback = mlflow_serve_factory(settings)
     cache = ArtifactCache(settings.data_dir / "models")
 
-    async def build(record: DeploymentRecord, port: int) -> Command:
+    async def build(record: DeploymentRecord, port: int, host: str) -> Command:
         if record.env_manager != "local":
-            return await fallback(record, port)
+            return await fallback(record, port, host)
         from mlflow.pyfunc.scoring_server import get_cmd
 
         path = await cache.fetch(record.model_name, record.version)
         command, server_env = get_cmd(
             str(path),
             port=port,
-            host="127.0.0.1",  # type: ignore[arg-type]  # MLflow annotates it as int
+            host=host,  # type: ignore[arg-type]  # MLflow annotates it as int
             nworkers=settings.backend_workers,
         )
         words = shlex.split(command)
@@ -160,9 +160,9 @@ def custom_factory(settings: Settings, template: list[str]) -> CommandFactory:
     """Any server that speaks MLflow's scoring protocol, from an argv template."""
     env = settings.child_environment()
 
-    async def build(record: DeploymentRecord, port: int) -> Command:
+    async def build(record: DeploymentRecord, port: int, host: str) -> Command:
         fields = {
-            "port": str(port), "model": record.model_name, "version": record.version,
+            "port": str(port), "host": host, "model": record.model_name, "version": record.version,
             "model_uri": f"models:/{record.model_name}/{record.version}",
         }  # fmt: skip
         # str.replace, not str.format: a brace elsewhere in an argument stays as it is.

@@ -12,10 +12,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from gateway.errors import ModelNotFound, RegistryUnavailable, VersionNotFound
+from gateway.errors import AliasNotFound, ModelNotFound, RegistryUnavailable, VersionNotFound
 
 REFERENCE_ARTIFACT = "data/dataset.csv"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+# MLflow answers an unknown alias with INVALID_PARAMETER_VALUE (a 400), not a 404.
+_ALIAS_NOT_FOUND = _NOT_FOUND | {"INVALID_PARAMETER_VALUE"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,10 @@ class Registry:
 
     async def resolve(self, name: str, version: str) -> ModelVersionInfo:
         return await self._call(self._resolve, name, version)
+
+    async def resolve_alias(self, name: str, alias: str) -> ModelVersionInfo:
+        """The version `alias` points at now (read fresh: aliases move)."""
+        return await self._call(self._resolve_alias, name, alias)
 
     async def signature(self, name: str, version: str) -> dict[str, Any]:
         return await self._call(self._signature, name, version)
@@ -117,6 +123,18 @@ class Registry:
                 raise
             self._require_model(name)
             raise VersionNotFound(f"model {name!r} has no version {version}") from exc
+        return ModelVersionInfo(
+            name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source
+        )
+
+    def _resolve_alias(self, name: str, alias: str) -> ModelVersionInfo:
+        try:
+            mv = self._client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code not in _ALIAS_NOT_FOUND:
+                raise
+            self._require_model(name)
+            raise AliasNotFound(f"model {name!r} has no alias {alias!r}") from exc
         return ModelVersionInfo(
             name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source
         )

@@ -8,6 +8,8 @@ manager, the only writer of deployment state.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,12 +19,12 @@ from gateway.dataplane.batching import Batcher
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.deploy.baselines import capture_baseline
 from gateway.deploy.options import DEFAULT_BATCH_DELAY_MS, DeployRequest
-from gateway.deploy.registry import Registry
-from gateway.edge.names import deployment_key
+from gateway.deploy.registry import ModelVersionInfo, Registry
 from gateway.edge.telemetry import GatewayMetrics
-from gateway.errors import Conflict
+from gateway.errors import AliasNotFound, Conflict, GatewayError
 from gateway.records.stores.base import Store
 from supervisor.deployment import Deployment
+from supervisor.errors import BackendStartError, NotDeployed
 from supervisor.manager import Manager
 from supervisor.state_store import DeploymentRecord
 
@@ -34,6 +36,18 @@ class DeployOutcome:
     deployment: Deployment
     created: bool
     message: str
+
+
+@dataclass(slots=True)
+class AliasState:
+    """Where an alias deployment stands: what it serves, and why it may not follow."""
+
+    alias: str
+    error: str | None = None
+    # A version that failed to start is not retried on every poll, only when the
+    # alias moves again (or a webhook says it was set again).
+    failed_version: str | None = None
+    checked_at: float | None = None
 
 
 class DeployService:
@@ -56,6 +70,8 @@ class DeployService:
         self._ready_timeout = ready_timeout
         # Read by the proxy on every call (one dict look-up); only this service writes it.
         self.batchers: dict[str, Batcher] = {}
+        self.aliases: dict[str, AliasState] = {}
+        self._alias_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def table(self) -> dict[str, Deployment]:
@@ -66,6 +82,9 @@ class DeployService:
         await self.manager.restore()
         for deployment in self.manager.table.values():
             await self._configure_batching(deployment)
+            alias = deployment.record.options.get("alias")
+            if alias:
+                self.aliases[deployment.key] = AliasState(alias)
 
     async def close(self) -> None:
         """Stop batching, then every backend; the desired state stays for the next boot."""
@@ -83,21 +102,24 @@ class DeployService:
         the rest needs `replace`. A key that is deployed but still starting
         (after a gateway restart) is waited for like a first deploy.
         """
-        key = deployment_key(request.name, request.version)
+        key = request.key
         existing = self.manager.table.get(key)
         if existing is not None and not request.replace:
             return await self._adjust(existing, request)
 
-        info = await self._registry.resolve(request.name, request.version)
+        info = await self._resolve(request)
         started = time.monotonic()
         previous = existing.record if existing is not None else None
+        options = {**(previous.options if previous else {}), **request.batching}
+        if request.alias is not None:
+            options["alias"] = request.alias
         record = DeploymentRecord(
             key=key,
             model_name=request.name,
-            version=request.version,
+            version=info.version,
             run_uuid=info.run_id,
             env_manager=request.env_manager or (previous.env_manager if previous else "local"),
-            options={**(previous.options if previous else {}), **request.batching},
+            options=options,
             created_at=previous.created_at if previous else time.time(),
         )
         if existing is not None:
@@ -109,11 +131,20 @@ class DeployService:
             if not created:  # a concurrent deploy of the same key won the race
                 return await self._adjust(deployment, request)
             message = f"deployed {key}: POST /{key} to call it"
+        if request.alias is not None:
+            message += f" (alias {request.alias!r} now points at version {info.version})"
+            self.aliases[key] = AliasState(request.alias, checked_at=time.time())
         self._metrics.deploy_duration.labels(key).set(time.monotonic() - started)
         await self._configure_batching(deployment)
-        await capture_baseline(self._registry, self._store, request.name, request.version,
+        await capture_baseline(self._registry, self._store, request.name, info.version,
                                info.run_id)  # fmt: skip
         return DeployOutcome(deployment, created, message)
+
+    async def _resolve(self, request: DeployRequest) -> ModelVersionInfo:
+        if request.alias is not None:
+            return await self._registry.resolve_alias(request.name, request.alias)
+        assert request.version is not None
+        return await self._registry.resolve(request.name, request.version)
 
     async def _adjust(self, deployment: Deployment, request: DeployRequest) -> DeployOutcome:
         """Apply a deploy call's options to a deployed key, then wait until it is ready."""
@@ -154,8 +185,81 @@ class DeployService:
         """Stop every backend of `key`, free its resources and forget it."""
         await self._drop_batcher(key)
         deployment = await self.manager.undeploy(key)
+        self.aliases.pop(key, None)
         self._metrics.forget(key)
         return deployment
+
+    # ----------------------------------------------------------------- aliases
+
+    def alias_keys(self, name: str | None = None, alias: str | None = None) -> list[str]:
+        """Keys of the deployments that follow an alias (of `name`, named `alias`)."""
+        return [
+            key
+            for key, state in self.aliases.items()
+            if key in self.manager.table
+            and (name is None or self.manager.table[key].record.model_name == name)
+            and (alias is None or state.alias == alias)
+        ]
+
+    async def follow_alias(self, key: str, *, retry_failed: bool = False) -> None:
+        """Serve the version the deployment's alias points at now.
+
+        A moved alias is followed with a zero-downtime replace. When the alias is
+        gone, the registry is down, or the new version cannot start, the last good
+        version keeps serving and the reason shows in `get_deployed_models`.
+        """
+        lock = self._alias_locks.setdefault(key, asyncio.Lock())
+        async with lock:  # one move at a time per key; a poll and a webhook can race
+            state = self.aliases.get(key)
+            deployment = self.manager.table.get(key)
+            if state is None or deployment is None:
+                return
+            record = deployment.record
+            state.checked_at = time.time()
+            try:
+                info = await self._registry.resolve_alias(record.model_name, state.alias)
+            except AliasNotFound:
+                state.error = (
+                    f"alias {state.alias!r} no longer exists on {record.model_name!r};"
+                    f" still serving version {record.version}"
+                )
+                logger.warning("%s: %s", key, state.error)
+                return
+            except GatewayError as exc:
+                state.error = f"could not read alias {state.alias!r}: {exc.detail}"
+                logger.warning("%s: %s", key, state.error)
+                return
+            if info.version == record.version:
+                state.error, state.failed_version = None, None
+                return
+            if info.version == state.failed_version and not retry_failed:
+                return
+            await self._move(deployment, state, info)
+
+    async def _move(
+        self, deployment: Deployment, state: AliasState, info: ModelVersionInfo
+    ) -> None:
+        key, old = deployment.key, deployment.record.version
+        record = dataclasses.replace(deployment.record, version=info.version, run_uuid=info.run_id)
+        logger.info("%s: alias %r moved from version %s to %s; replacing", key, state.alias,
+                    old, info.version)  # fmt: skip
+        started = time.monotonic()
+        try:
+            deployment = await self.manager.replace(record, len(deployment.replicas))
+        except (BackendStartError, NotDeployed) as exc:
+            state.failed_version = info.version
+            state.error = (
+                f"alias {state.alias!r} points at version {info.version}, which could not"
+                f" start ({exc}); still serving version {old}"
+            )
+            logger.error("%s: %s", key, state.error)
+            return
+        state.error, state.failed_version = None, None
+        self._metrics.deploy_duration.labels(key).set(time.monotonic() - started)
+        await self._configure_batching(deployment)
+        await capture_baseline(self._registry, self._store, record.model_name, info.version,
+                               info.run_id)  # fmt: skip
+        logger.info("%s now serves version %s", key, info.version)
 
     # ------------------------------------------------------------------- views
 
@@ -166,6 +270,11 @@ class DeployService:
             entry = deployment.describe()
             batcher = self.batchers.get(key)
             entry["batching"] = None if batcher is None else batcher.describe()
+            state = self.aliases.get(key)
+            entry["alias"] = None if state is None else {
+                "name": state.alias, "serving_version": deployment.record.version,
+                "error": state.error, "checked_at": _iso(state.checked_at),
+            }  # fmt: skip
             body[key] = entry
         return body
 
@@ -190,3 +299,9 @@ class DeployService:
         batcher = self.batchers.pop(key, None)
         if batcher is not None:
             await batcher.close()
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ class Scope(Enum):
     METRICS = "metrics"
     INFERENCE = "inference"
     ADMIN = "admin"
-
-
-class Unauthorized(GatewayError):
-    status, code = 401, "unauthorized"
-
-
-class Forbidden(GatewayError):
-    status, code = 403, "forbidden"
 
 
 def load_htpasswd(path: Path) -> dict[str, bytes]:

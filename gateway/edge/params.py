@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.app_keys import ROUTES, SETTINGS
 from gateway.edge.names import check_model_name, check_version
-from gateway.errors import BadRequest, RequestTimeout, UnsupportedMediaType
+from gateway.errors import BadRequest, DeploymentNotFound, RequestTimeout, UnsupportedMediaType
 
 
 def single_query(request: web.Request, name: str) -> str | None:
@@ -38,6 +38,11 @@ def resolve_key(request: web.Request, key: str) -> tuple[str, str]:
     deployment = request.app[ROUTES].get(key)
     if deployment is not None:
         return deployment.record.model_name, deployment.record.version
+    if "@" in key:
+        raise DeploymentNotFound(
+            f"{key!r} is not deployed: an alias key names a deployment; for the data of"
+            " a version that is not deployed, use <model>-<version>"
+        )
     name, sep, version = key.rpartition("-")
     if not sep or not name:
         raise BadRequest(f"{key!r} is not a '<model>-<version>' key")

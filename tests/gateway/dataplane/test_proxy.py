@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -154,6 +155,26 @@ async def test_connections_are_pooled_not_per_request(backend: TestServer, make_
     assert len(pool._idle[("127.0.0.1", backend.port)]) == 1
 
 
+@contextlib.asynccontextmanager
+async def one_answer_per_connection() -> AsyncIterator[int]:
+    """A raw backend on loopback (its port) that answers once per connection."""
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        await _one_answer_per_connection(reader, writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        # Close what the pool still holds open, so no stream outlives the loop.
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def _one_answer_per_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
@@ -187,9 +208,7 @@ async def _one_answer_per_connection(
 async def test_a_reused_connection_the_backend_closed_is_sent_again_once(
     make_gateway: GatewayFactory,
 ) -> None:
-    server = await asyncio.start_server(_one_answer_per_connection, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with one_answer_per_connection() as port:
         gw = await make_gateway({"m-1": deployment("m-1", running_replica(port))})
         pool: UpstreamPool = gw.app[UPSTREAM]
         for _ in range(3):
@@ -197,17 +216,13 @@ async def test_a_reused_connection_the_backend_closed_is_sent_again_once(
             assert resp.status == 200 and await resp.read() == b"{}"
         # Calls 2 and 3 reused a connection the backend then closed unanswered.
         assert pool.resent == 2
-    finally:
-        server.close()
-        await server.wait_closed()
+        await gw.close()
 
 
 async def test_no_resend_when_the_launcher_says_the_backend_is_not_idempotent(
     make_gateway: GatewayFactory,
 ) -> None:
-    server = await asyncio.start_server(_one_answer_per_connection, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with one_answer_per_connection() as port:
         gw = await make_gateway(
             {"m-1": deployment("m-1", running_replica(port))}, resend_dropped=False
         )
@@ -216,9 +231,7 @@ async def test_no_resend_when_the_launcher_says_the_backend_is_not_idempotent(
         assert second.status == 503
         assert (await second.json())["error"] == "backend_unavailable"
         assert gw.app[UPSTREAM].resent == 0
-    finally:
-        server.close()
-        await server.wait_closed()
+        await gw.close()
 
 
 async def test_a_connect_timeout_is_a_504_not_refused(make_gateway: GatewayFactory) -> None:

@@ -41,7 +41,8 @@ def test_readiness_timeout_is_502_and_cleans_up(registry: RegistryInfo, tmp_path
         assert reply.status == 502, reply.body
         body = reply.json()
         assert body["error"] == "deploy_failed"
-        assert "not ready after 0.5s" in body["detail"]
+        # The whole start is bounded: fetching the artifacts, spawning, and /ping.
+        assert "not ready after 0.5s" in body["detail"] or "start within 0.5s" in body["detail"]
         assert gw.get("/get_deployed_models").json() == {}
         assert gw.get("/get_number_free_ports").json() == free
         start, end = gw.port_range
