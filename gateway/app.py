@@ -7,6 +7,7 @@ client session closes, the inference log flushes, and the stores close.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from gateway.api import data as data_api
 from gateway.api import hooks, management, ops, v2
 from gateway.api import logs as logs_api
 from gateway.app_keys import (
+    ADMISSIONS,
     ALIASES,
     BATCHERS,
     DEPLOYER,
@@ -45,6 +47,9 @@ from gateway.edge.auth import Authenticator, Scope, auth_middleware, load_htpass
 from gateway.edge.request_ids import echo_request_id, flush_periodically
 from gateway.edge.telemetry import GatewayMetrics
 from gateway.errors import error_middleware
+from gateway.quality.monitor import Monitor, drift_config
+from gateway.records.privacy import Redactor, installation_key, parse_rules
+from gateway.records.retention import DAY, RetentionJob
 from gateway.records.stores.base import Store
 from gateway.records.writer import InferenceLogger
 from gateway.settings import Settings
@@ -54,14 +59,15 @@ from supervisor.state_store import StateStore
 logger = logging.getLogger(__name__)
 
 
-def supervisor_config(settings: Settings) -> SupervisorConfig:
+def supervisor_config(settings: Settings, pool: UpstreamPool) -> SupervisorConfig:
+    """The supervisor's timing from the settings; a hung backend's calls fail in `pool`."""
     return SupervisorConfig(
-        log_dir=settings.backend_log_dir,
         deploy_timeout=settings.deploy_timeout,
         stop_timeout=settings.stop_timeout,
         health_interval=settings.health_interval,
         health_failures=settings.health_failures,
         max_start_retries=settings.max_start_retries,
+        on_hung=pool.abort,
     )
 
 
@@ -78,7 +84,11 @@ def make_store(settings: Settings) -> Store:
     if settings.mongodb_uri:
         from gateway.records.stores.mongo import MongoStore
 
-        return MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        return MongoStore(
+            settings.mongodb_uri,
+            settings.mongodb_database,
+            retention_s=settings.log_retention_days * DAY or None,
+        )
     from gateway.records.stores.sqlite import SQLiteStore
 
     return SQLiteStore(settings.inference_db)
@@ -98,17 +108,56 @@ async def _inference_log(app: web.Application) -> AsyncIterator[None]:
         app[INFERENCE_LOG] = None
         yield
         return
+    rules = parse_rules(settings.log_redact)
+    redactor = (
+        Redactor(rules, await asyncio.to_thread(installation_key, settings.data_dir))
+        if rules
+        else None
+    )
     log = InferenceLogger(
         app[STORE],
         settings.spool_dir,
         batch_size=settings.log_batch_size,
         flush_interval=settings.log_flush_interval,
         max_pending=settings.log_max_pending,
+        sample=settings.log_sample,
+        redactor=redactor,
     )
     log.start()
     app[INFERENCE_LOG] = log
     yield
     await log.close()
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    """Deletes logged calls past GATEWAY_LOG_RETENTION_DAYS (none when it is 0)."""
+    days = app[SETTINGS].log_retention_days
+    job = RetentionJob(app[STORE], days) if days > 0 else None
+    if job is not None:
+        job.start()
+    yield
+    if job is not None:
+        await job.close()
+
+
+async def _monitor(app: web.Application) -> AsyncIterator[None]:
+    """Drift and live metrics of every deployment, computed in a worker, for /metrics."""
+    settings = app[SETTINGS]
+    hashed = frozenset(n for n, a in parse_rules(settings.log_redact).items() if a == "hash")
+    routes = app[ROUTES]
+    monitor = Monitor(
+        app[STORE],
+        lambda: {k: (d.record.model_name, d.record.version) for k, d in routes.items()},
+        interval=settings.monitor_interval_s,
+        max_calls=settings.report_max_calls,
+        max_features=settings.monitor_max_features,
+        config=drift_config(settings, hashed),
+    )
+    app[METRICS].watch_quality(monitor)
+    if settings.monitor_interval_s > 0:
+        monitor.start()
+    yield
+    await monitor.close()
 
 
 async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
@@ -132,13 +181,16 @@ async def _deployer(app: web.Application) -> AsyncIterator[None]:
     ) as probe_session:
         placement = make_placement(settings, app[STATE_STORE], app[LAUNCHER])
         app[PLACEMENT] = placement
-        manager = Manager(app[STATE_STORE], placement, supervisor_config(settings), probe_session)
+        manager = Manager(
+            app[STATE_STORE], placement, supervisor_config(settings, app[UPSTREAM]), probe_session
+        )
         deployer = DeployService(
             manager, app[REGISTRY], app[STORE], app[METRICS], app[UPSTREAM],
             ready_timeout=settings.deploy_timeout,
         )  # fmt: skip
         app[DEPLOYER] = deployer
         app[BATCHERS] = deployer.batchers
+        app[ADMISSIONS] = deployer.admissions
         app[ROUTES] = manager.table
         app[METRICS].watch(manager.table, lambda: app.get(INFERENCE_LOG))
         await deployer.restore()
@@ -226,6 +278,11 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[REGISTRY] = Registry(settings.tracking_uri)
+
+    async def close_authenticator(app: web.Application) -> None:
+        authenticator.close()  # its bcrypt threads
+
+    app.on_cleanup.append(close_authenticator)
     metrics = GatewayMetrics()
     app[METRICS] = metrics
     app[LAUNCHER] = make_launcher(settings)
@@ -234,8 +291,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(_data_store)
     app.cleanup_ctx.append(_inference_log)
+    app.cleanup_ctx.append(_retention)
     app.cleanup_ctx.append(_upstream_pool)
     app.cleanup_ctx.append(_deployer)
+    app.cleanup_ctx.append(_monitor)
     management.add_routes(app)
     data_api.add_routes(app)
     ops.add_routes(app)

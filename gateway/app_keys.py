@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.dataplane.admission import Admission
 from gateway.dataplane.batching import Batcher
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.deploy.aliases import AliasFollower
@@ -30,6 +31,9 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 # Adaptive batchers of the deployments that enabled batching, by key (the deploy
 # service's own dict: it alone creates and closes them).
 BATCHERS = web.AppKey("batchers", dict[str, Batcher])
+# Admission control (slots, queue) of the deployments that set max_concurrency, by
+# key (the deploy service's own dict, like BATCHERS).
+ADMISSIONS = web.AppKey("admissions", dict[str, Admission])
 # Deploy, replace, scale and undeploy: the only writer of deployment state.
 DEPLOYER = web.AppKey("deployer", DeployService)
 # Keeps alias deployments on the version their registry alias points at.

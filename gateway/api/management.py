@@ -6,6 +6,7 @@ Paths are the original's, so existing scripts keep working.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 
@@ -15,8 +16,14 @@ from gateway.deploy.options import (
     ENV_MANAGERS,
     MAX_BATCH_DELAY_MS,
     MAX_BATCH_SIZE,
+    MAX_CONCURRENCY,
+    MAX_IDLE_TIMEOUT_S,
+    MAX_MEMORY_MB,
+    MAX_QUEUE,
     MAX_REPLICAS,
     DeployRequest,
+    parse_num_cpus,
+    parse_resources,
 )
 from gateway.deploy.placement import free_ports
 from gateway.edge.names import check_alias, check_model_name, check_version
@@ -71,6 +78,17 @@ def _batching_options(request: web.Request) -> dict[str, int]:
     return options
 
 
+def _traffic_options(request: web.Request) -> dict[str, int]:
+    """`max_concurrency` / `max_queue` / `idle_timeout_s` from the query, when given (0: off)."""
+    limits = {"max_concurrency": MAX_CONCURRENCY, "max_queue": MAX_QUEUE,
+              "idle_timeout_s": MAX_IDLE_TIMEOUT_S}  # fmt: skip
+    return {
+        name: int_query(request, name, 0, 0, most)
+        for name, most in limits.items()
+        if single_query(request, name) is not None
+    }
+
+
 def _bool_query(request: web.Request, name: str) -> bool:
     raw = single_query(request, name)
     if raw is None or raw.lower() in ("", "0", "false", "no"):
@@ -106,7 +124,30 @@ def _deploy_request(request: web.Request) -> DeployRequest:
         replicas=replicas,
         replace=_bool_query(request, "replace"),
         batching=_batching_options(request),
+        resources=_resource_options(request),
+        traffic=_traffic_options(request),
     )
+
+
+def _resource_options(request: web.Request) -> dict[str, Any]:
+    """`num_cpus` / `memory_mb` / `resources`: what a replica reserves on a Ray node."""
+    options: dict[str, Any] = {}
+    try:
+        if (raw := single_query(request, "num_cpus")) is not None:
+            options["num_cpus"] = parse_num_cpus(raw)
+        if (raw := single_query(request, "resources")) is not None:
+            options["resources"] = parse_resources(raw)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if single_query(request, "memory_mb") is not None:
+        options["memory_mb"] = int_query(request, "memory_mb", 0, 1, MAX_MEMORY_MB)
+    if options and request.app[SETTINGS].placement != "ray":
+        raise BadRequest(
+            f"{', '.join(options)} reserve room on a Ray cluster's nodes, but this gateway"
+            " runs its backends on its own host: set GATEWAY_PLACEMENT=ray (and RAY_ADDRESS)"
+            " to place them on a cluster"
+        )
+    return options
 
 
 def _model_ref(request: web.Request) -> tuple[str, str | None, str | None]:

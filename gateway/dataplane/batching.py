@@ -3,7 +3,9 @@
 Opt-in per deployment (`max_batch_size`, `max_batch_delay_ms`). A call is sent
 at once when a backend slot is free, so a lone caller never waits for a batch
 window; calls that arrive while every slot is busy queue up and leave together
-as one `/invocations` call when a slot frees. Only bodies that merge without
+as one `/invocations` call when a slot frees. A caller's deadline (the proxy's
+`X-Request-Timeout` window) takes a call out of the queue unsent, so a batch
+never holds a call past it. Only bodies that merge without
 changing their meaning are batched: `dataframe_split` with the same columns,
 `dataframe_records`, and `instances` lists, with no `params`. Anything else
 passes through untouched. The predictions are split back in order; if a merged
@@ -139,11 +141,17 @@ class Batcher:
             return None
         group, rows = parsed
         future: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
-        self._queue.append(
-            _Call(body, content_type, header_lines, request_id, group, rows, future, timing)
-        )
+        call = _Call(body, content_type, header_lines, request_id, group, rows, future, timing)
+        self._queue.append(call)
         self._dispatch()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller's deadline passed (or it left) while queued: never send it.
+            # A call already in a batch stays there; its share of the answer is dropped.
+            if call in self._queue:
+                self._queue.remove(call)
+            raise
 
     def _slots(self) -> int:
         return max(1, sum(1 for r in self.deployment.replicas if r.routable))

@@ -8,6 +8,7 @@ body or awaits a store: the inference log takes a tuple and moves on.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -15,14 +16,23 @@ from functools import partial
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from gateway.app_keys import BATCHERS, INFERENCE_LOG, METRICS, ROUTES, SETTINGS, UPSTREAM
+from gateway.app_keys import (
+    ADMISSIONS,
+    BATCHERS,
+    INFERENCE_LOG,
+    METRICS,
+    ROUTES,
+    SETTINGS,
+    UPSTREAM,
+)
+from gateway.dataplane.admission import REQUEST_TIMEOUT_HEADER, Admission, deadline_of
 from gateway.dataplane.backend_call import answer_headers, call_backend, request_header_lines
 from gateway.dataplane.backend_errors import backend_error_response
 from gateway.dataplane.upstream import UpstreamResponse
 from gateway.edge.params import read_body
 from gateway.edge.request_ids import request_id
 from gateway.edge.telemetry import UNKNOWN_KEY, KeyMetrics
-from gateway.errors import DeploymentNotFound, GatewayError
+from gateway.errors import BackendTimeout, DeploymentNotFound, GatewayError
 from supervisor.deployment import Deployment
 
 MODEL_VERSION_HEADER = "X-Model-Version"
@@ -108,8 +118,65 @@ async def serve(
 
     The answer is relayed, and a success goes to the inference log with the
     scoring body it answered. `whole` asks for the answer held in memory, never
-    streamed, for callers that translate it.
+    streamed, for callers that translate it. A deployment with admission control,
+    or a call with a deadline (`X-Request-Timeout`), takes the managed road.
     """
+    admissions = request.app.get(ADMISSIONS)
+    admission = admissions.get(deployment.key) if admissions else None
+    raw_timeout = request.headers.get(REQUEST_TIMEOUT_HEADER)
+    if admission is not None or raw_timeout is not None:
+        return await _serve_managed(
+            request, deployment, admission, raw_timeout, body, content_type, header_lines,
+            timing, whole,
+        )  # fmt: skip
+    return await _serve(request, deployment, body, content_type, header_lines, timing, whole)
+
+
+async def _serve_managed(
+    request: web.Request,
+    deployment: Deployment,
+    admission: Admission | None,
+    raw_timeout: str | None,
+    body: bytes,
+    content_type: str,
+    header_lines: str,
+    timing: KeyMetrics | None,
+    whole: bool,
+) -> web.StreamResponse:
+    """`_serve` within the call's deadline, after taking an admission slot.
+
+    The deadline covers the wait for a slot and the backend; it is the caller's
+    `X-Request-Timeout`, at most (and by default) GATEWAY_BACKEND_TIMEOUT.
+    """
+    deadline = deadline_of(raw_timeout, request.app[SETTINGS].backend_timeout)
+    if admission is not None:
+        await admission.enter(deadline)
+    try:
+        async with asyncio.timeout_at(deadline) as window:
+            return await _serve(
+                request, deployment, body, content_type, header_lines, timing, whole
+            )
+    except TimeoutError:
+        if not window.expired():
+            raise
+        raise BackendTimeout(
+            f"the call's deadline ({REQUEST_TIMEOUT_HEADER}) passed before"
+            f" {deployment.key} answered"
+        ) from None
+    finally:
+        if admission is not None:
+            admission.leave()
+
+
+async def _serve(
+    request: web.Request,
+    deployment: Deployment,
+    body: bytes,
+    content_type: str,
+    header_lines: str,
+    timing: KeyMetrics | None,
+    whole: bool,
+) -> web.StreamResponse:
     response: web.StreamResponse | None = None
     batcher = request.app[BATCHERS].get(deployment.key)
     if batcher is not None:
@@ -133,6 +200,7 @@ async def serve(
             content_type,
             body,
             answer_body if isinstance(answer_body, bytes) else None,
+            request_id=request_id(request),
         )
     return response
 

@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.dataplane.admission import Admission
 from gateway.dataplane.batching import Batcher
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.deploy.baselines import capture_baseline
-from gateway.deploy.options import DEFAULT_BATCH_DELAY_MS, DeployRequest
+from gateway.deploy.options import DEFAULT_BATCH_DELAY_MS, DEFAULT_MAX_QUEUE, DeployRequest
 from gateway.deploy.registry import ModelVersionInfo, Registry
 from gateway.edge.telemetry import GatewayMetrics
 from gateway.errors import AliasNotFound, Conflict, GatewayError
@@ -70,6 +71,7 @@ class DeployService:
         self._ready_timeout = ready_timeout
         # Read by the proxy on every call (one dict look-up); only this service writes it.
         self.batchers: dict[str, Batcher] = {}
+        self.admissions: dict[str, Admission] = {}
         self.aliases: dict[str, AliasState] = {}
         self._alias_locks: dict[str, asyncio.Lock] = {}
 
@@ -81,7 +83,7 @@ class DeployService:
         """Bring back the desired state recorded before the last stop."""
         await self.manager.restore()
         for deployment in self.manager.table.values():
-            await self._configure_batching(deployment)
+            await self._configure(deployment)
             alias = deployment.record.options.get("alias")
             if alias:
                 self.aliases[deployment.key] = AliasState(alias)
@@ -110,7 +112,12 @@ class DeployService:
         info = await self._resolve(request)
         started = time.monotonic()
         previous = existing.record if existing is not None else None
-        options = {**(previous.options if previous else {}), **request.batching}
+        options = {
+            **(previous.options if previous else {}),
+            **request.batching,
+            **request.resources,
+            **request.traffic,
+        }
         if request.alias is not None:
             options["alias"] = request.alias
         record = DeploymentRecord(
@@ -135,7 +142,7 @@ class DeployService:
             message += f" (alias {request.alias!r} now points at version {info.version})"
             self.aliases[key] = AliasState(request.alias, checked_at=time.time())
         self._metrics.deploy_duration.labels(key).set(time.monotonic() - started)
-        await self._configure_batching(deployment)
+        await self._configure(deployment)
         await capture_baseline(self._registry, self._store, request.name, info.version,
                                info.run_id)  # fmt: skip
         return DeployOutcome(deployment, created, message)
@@ -156,16 +163,26 @@ class DeployService:
                 f" place: redeploy with ?replace=true&env_manager={request.env_manager}"
                 " (zero downtime), or undeploy it first"
             )
+        asked = {k: v for k, v in request.resources.items() if record.options.get(k) != v}
+        if asked:
+            raise Conflict(
+                f"{key} runs with other resource requests, which only new backends can get:"
+                " redeploy with ?replace=true and the new requests (zero downtime)"
+            )
         changes: list[str] = []
         if request.replicas is not None and request.replicas != len(deployment.replicas):
             before = len(deployment.replicas)
             deployment = await self.manager.scale(key, request.replicas)
             changes.append(f"scaled from {before} to {request.replicas} replica(s)")
         wanted = {k: v for k, v in request.batching.items() if record.options.get(k) != v}
-        if wanted:
-            deployment = await self.manager.set_options(key, wanted)
-            await self._configure_batching(deployment)
-            changes.append(f"batching set to {wanted}")
+        traffic = {k: v for k, v in request.traffic.items() if record.options.get(k, 0) != v}
+        if wanted or traffic:
+            deployment = await self.manager.set_options(key, {**wanted, **traffic})
+            await self._configure(deployment)
+            if wanted:
+                changes.append(f"batching set to {wanted}")
+            if traffic:
+                changes.append(f"traffic options set to {traffic}")
         deployment = await self.manager.wait_ready(key, self._ready_timeout)
         if changes:
             message = f"{key} was already deployed: " + "; ".join(changes)
@@ -178,12 +195,13 @@ class DeployService:
     async def scale(self, key: str, replicas: int) -> Deployment:
         """Change the replica count live."""
         deployment = await self.manager.scale(key, replicas)
-        await self._configure_batching(deployment)
+        await self._configure(deployment)
         return deployment
 
     async def undeploy(self, key: str) -> Deployment:
         """Stop every backend of `key`, free its resources and forget it."""
         await self._drop_batcher(key)
+        self.admissions.pop(key, None)
         deployment = await self.manager.undeploy(key)
         self.aliases.pop(key, None)
         self._metrics.forget(key)
@@ -256,7 +274,7 @@ class DeployService:
             return
         state.error, state.failed_version = None, None
         self._metrics.deploy_duration.labels(key).set(time.monotonic() - started)
-        await self._configure_batching(deployment)
+        await self._configure(deployment)
         await capture_baseline(self._registry, self._store, record.model_name, info.version,
                                info.run_id)  # fmt: skip
         logger.info("%s now serves version %s", key, info.version)
@@ -275,10 +293,41 @@ class DeployService:
                 "name": state.alias, "serving_version": deployment.record.version,
                 "error": state.error, "checked_at": _iso(state.checked_at),
             }  # fmt: skip
+            admission = self.admissions.get(key)
+            entry["admission"] = None if admission is None else admission.describe()
             body[key] = entry
         return body
 
     # ---------------------------------------------------------------- batching
+
+    async def _configure(self, deployment: Deployment) -> None:
+        """Bring the proxy-side helpers (batcher, admission) in line with the options."""
+        await self._configure_batching(deployment)
+        self._configure_admission(deployment)
+
+    def _configure_admission(self, deployment: Deployment) -> None:
+        """Create, retune or remove the admission control of a deployment.
+
+        A retune keeps the queue and the calls in flight: limits apply from now.
+        """
+        options = deployment.record.options
+        concurrency = int(options.get("max_concurrency", 0))
+        key = deployment.key
+        if concurrency <= 0:
+            self.admissions.pop(key, None)
+            return
+        queue = int(options.get("max_queue", DEFAULT_MAX_QUEUE))
+        current = self.admissions.get(key)
+        if current is None:
+            self.admissions[key] = Admission(
+                deployment, concurrency, queue,
+                self._metrics.queue_time.labels(key), self._metrics.shed.labels(key),
+            )  # fmt: skip
+            return
+        current.deployment, current.max_concurrency, current.max_queue = (
+            deployment, concurrency, queue,
+        )  # fmt: skip
+        current.wake()
 
     async def _configure_batching(self, deployment: Deployment) -> None:
         """Create, retune or remove the batcher of a deployment from its options."""

@@ -5,13 +5,16 @@ Labels are deployment keys (every key that is not deployed counts as
 raw paths or request ids. Per-key label children are bound once, so a request
 pays a dict look-up and a few atomic increments. State that already lives
 elsewhere (replica health, restarts, the log writer's counters) is read at
-scrape time by a collector instead of being mirrored on every change.
+scrape time by a collector instead of being mirrored on every change. So are
+the quality monitor's results (drift, live metrics): read, never computed, at
+scrape time; features per key are capped by the monitor.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +22,9 @@ from prometheus_client.registry import Collector
 
 from gateway.records.writer import InferenceLogger
 from supervisor.deployment import Deployment
+
+if TYPE_CHECKING:
+    from gateway.quality.monitor import Monitor
 
 UNKNOWN_KEY = "__unknown__"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -72,6 +78,19 @@ class GatewayMetrics:
         self.free_ports = Gauge("modelgw_free_ports",
                                 "Ports of the backend range that no one holds.",
                                 registry=r)  # fmt: skip
+        # Traffic management: admission queues, shed calls and wake-ups from idle.
+        self.queue_time = Histogram("modelgw_queue_duration_seconds",
+                                    "Time an admitted call waited for a free slot.",
+                                    ["key"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.shed = Counter("modelgw_shed", "Calls refused with 429 because the queue was full.",
+                            ["key"], registry=r)  # fmt: skip
+        self.cold_starts = Counter("modelgw_cold_starts",
+                                   "Wake-ups of an idle (scaled to zero) deployment.",
+                                   ["key"], registry=r)  # fmt: skip
+        self.cold_start_time = Histogram("modelgw_cold_start_seconds",
+                                         "Time from the call that woke an idle deployment to "
+                                         "its first ready backend.", ["key"],
+                                         buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self._keys: dict[str, KeyMetrics] = {}
 
     def for_key(self, key: str) -> KeyMetrics:
@@ -87,7 +106,9 @@ class GatewayMetrics:
             return
         for code in bound.codes():
             self.requests.remove(key, str(code))
-        for metric in (self.latency, self.backend_latency, self.in_flight, self.deploy_duration):
+        for metric in (self.latency, self.backend_latency, self.in_flight, self.deploy_duration,
+                       self.queue_time, self.shed, self.cold_starts,
+                       self.cold_start_time):  # fmt: skip
             try:
                 metric.remove(key)
             except KeyError:
@@ -99,6 +120,9 @@ class GatewayMetrics:
         log: Callable[[], InferenceLogger | None],
     ) -> None:
         self.registry.register(StateCollector(table, log))
+
+    def watch_quality(self, monitor: Monitor) -> None:
+        self.registry.register(QualityCollector(monitor))
 
 
 class StateCollector(Collector):
@@ -139,8 +163,74 @@ class StateCollector(Collector):
         if log is not None:
             depth.add_metric([], float(log.depth))
             store_up.add_metric([], 1.0 if log.stats.store_up else 0.0)
-            for outcome in ("submitted", "written", "retried", "spooled", "replayed", "lost"):
+            for outcome in ("submitted", "written", "retried", "spooled", "replayed", "lost",
+                            "sampled_out"):  # fmt: skip
                 records.add_metric([outcome], float(getattr(log.stats, outcome)))
         yield depth
         yield store_up
         yield records
+
+
+class QualityCollector(Collector):
+    """The quality monitor's latest results, read when Prometheus scrapes."""
+
+    def __init__(self, monitor: Monitor, clock: Callable[[], float] = time.time) -> None:
+        self._monitor = monitor
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        score = GaugeMetricFamily(
+            "modelgw_feature_drift_score",
+            "What the drift method compared with its threshold: the corrected p-value (ks, "
+            "chi2: drift when below) or the distance (wasserstein, jensenshannon: drift when "
+            "at or above).",
+            labels=["key", "feature", "window", "method"],
+        )
+        drifted = GaugeMetricFamily("modelgw_feature_drifted",
+                                    "1 when the feature has drifted in the window.",
+                                    labels=["key", "feature", "window"])  # fmt: skip
+        share = GaugeMetricFamily("modelgw_drifted_feature_share",
+                                  "Share of the tested features that drifted in the window.",
+                                  labels=["key", "window"])  # fmt: skip
+        rows = GaugeMetricFamily("modelgw_monitor_logged_rows",
+                                 "Logged input rows the window's drift was computed on.",
+                                 labels=["key", "window"])  # fmt: skip
+        features = GaugeMetricFamily("modelgw_monitor_features",
+                                     "Features compared for drift (all, before the export cap).",
+                                     labels=["key"])  # fmt: skip
+        metric = GaugeMetricFamily("modelgw_model_metric",
+                                   "Model metrics: from the MLflow run (baseline) or from "
+                                   "feedback on last week's calls (live).",
+                                   labels=["key", "metric", "source"])  # fmt: skip
+        degraded = GaugeMetricFamily("modelgw_model_degraded",
+                                     "1 when the live metric is worse than the baseline by more "
+                                     "than the tolerance.", labels=["key", "metric"])  # fmt: skip
+        age = GaugeMetricFamily("modelgw_monitor_age_seconds",
+                                "Seconds since the key's drift and metrics were computed.",
+                                labels=["key"])  # fmt: skip
+        for key, status in list(self._monitor.latest.items()):
+            for row in status.features:
+                if row.method is not None and row.score is not None:
+                    score.add_metric([key, row.feature, row.window, row.method], row.score)
+                if row.drifted is not None:
+                    drifted.add_metric([key, row.feature, row.window], float(row.drifted))
+            for window, result in status.windows.items():
+                if result.share is not None:
+                    share.add_metric([key, window], result.share)
+            for window, count in status.rows.items():
+                rows.add_metric([key, window], float(count))
+            features.add_metric([key], float(status.n_features))
+            for name, value in status.baseline.items():
+                metric.add_metric([key, name, "baseline"], float(value))
+            for name, value in status.live.items():
+                metric.add_metric([key, name, "live"], value)
+            for name, verdict in status.degraded.items():
+                degraded.add_metric([key, name], float(verdict))
+            age.add_metric([key], max(0.0, self._clock() - status.computed_at))
+        runs = CounterMetricFamily("modelgw_monitor_runs",
+                                   "Monitoring passes over every deployed key.")  # fmt: skip
+        runs.add_metric([], float(self._monitor.runs))
+        failures = CounterMetricFamily("modelgw_monitor_failures",
+                                       "Keys whose monitoring computation failed.")  # fmt: skip
+        failures.add_metric([], float(self._monitor.failures))
+        yield from (score, drifted, share, rows, features, metric, degraded, age, runs, failures)
