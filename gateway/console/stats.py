@@ -199,7 +199,10 @@ class Sampler:
             "keys": summary(samples, now, window_s),
         }
         if key is not None:
-            body["series"] = series([*samples, now], key)
+            # A point for the moments since the last sample only once they make a fair
+            # interval: a fraction of a second of traffic reads as a dip or a spike.
+            fresh = not samples or now.at - samples[-1].at >= self.interval / 2
+            body["series"] = series([*samples, now] if fresh else samples, key)
         return body
 
 

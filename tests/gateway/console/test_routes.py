@@ -87,7 +87,7 @@ def test_stats_count_the_calls_just_made(gateway: Gateway) -> None:
     figures = body["keys"][KEY]
     assert figures["requests"] >= 3
     assert figures["p50_ms"] is not None and figures["p99_ms"] >= figures["p50_ms"]
-    assert body["series"] and body["series"][-1]["t"] == body["now"]
+    assert body["series"] and body["series"][-1]["t"] <= body["now"]
     assert "series" not in gateway.get("/ui/api/stats").json()
 
 

@@ -101,15 +101,20 @@ def test_summary_spans_the_window_and_series_one_interval_each() -> None:
 
 def test_sampler_keeps_a_bounded_history() -> None:
     metrics = GatewayMetrics()
-    ticks = iter(range(0, 10_000, 5))
-    sampler = Sampler(metrics, interval=5.0, history=60.0, clock=lambda: float(next(ticks)))
+    clock = [0.0]
+    sampler = Sampler(metrics, interval=5.0, history=60.0, clock=lambda: clock[0])
     for _ in range(100):
         metrics.for_key("m-1").done(200, 0.01)
         sampler.record()
+        clock[0] += 5.0
     assert len(sampler.samples) == 13
     body = sampler.stats("m-1", window_s=30.0)
     # The clock reads 500 now; the oldest sample of the last 30 s was taken at 470,
     # after call 95 of 100.
     assert body["keys"]["m-1"]["requests"] == 5
     assert body["keys"]["m-1"]["rps"] == pytest.approx(5 / 30)
-    assert len(body["series"]) == 13
+    assert len(body["series"]) == 13  # 12 intervals of the ring, and the 5 s since
+    # A moment after a sample is too short an interval to plot.
+    sampler.record()
+    clock[0] += 0.5
+    assert len(sampler.stats("m-1")["series"]) == 12
