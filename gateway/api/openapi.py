@@ -11,7 +11,17 @@ import html
 from typing import Any
 
 from gateway import __version__
-from gateway.deploy.options import ENV_MANAGERS, MAX_BATCH_DELAY_MS, MAX_BATCH_SIZE, MAX_REPLICAS
+from gateway.deploy.options import (
+    ENV_MANAGERS,
+    MAX_BATCH_DELAY_MS,
+    MAX_BATCH_SIZE,
+    MAX_CONCURRENCY,
+    MAX_IDLE_TIMEOUT_S,
+    MAX_MEMORY_MB,
+    MAX_NUM_CPUS,
+    MAX_QUEUE,
+    MAX_REPLICAS,
+)
 from supervisor.states import State
 
 JSON = "application/json"
@@ -74,7 +84,8 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": [s.value for s in State]},
             "healthy": {"type": "boolean"}, "pid": NULLABLE_INT, "started_at": NULLABLE_STRING,
             "restarts": {"type": "integer"}, "last_error": NULLABLE_STRING,
-            "node": NULLABLE_STRING, "endpoint": NULLABLE_STRING,
+            "node": {**NULLABLE_STRING, "description": "Where it runs: local, or a Ray node id"},
+            "endpoint": {**NULLABLE_STRING, "description": "Its backend's base URL, once started"},
         },
     },
     "Deployment": {
@@ -128,6 +139,43 @@ SCHEMAS: dict[str, Any] = {
             "timestamp": {"description": "ISO 8601 or seconds since the epoch"},
         },
     },
+    "FeedbackItem": {
+        "type": "object", "required": ["request_id", "result"],
+        "properties": {
+            "request_id": {"type": "string", "minLength": 1, "description": "The call's X-Request-ID"},
+            "result": {"description": "The true value, or a list of one per input row of a multi-row call",
+                       "oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"},
+                                 {"type": "array", "minItems": 1, "items": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}}]},
+        },
+    },
+    "FeedbackResult": {
+        "type": "object",
+        "required": ["received", "matched", "unknown", "already_labelled", "duplicate", "rejected"],
+        "properties": {
+            "model_name": {"type": "string"}, "version": {"type": "string"},
+            "received": {"type": "integer"}, "matched": {"type": "integer"},
+            "unknown": {"type": "integer"}, "already_labelled": {"type": "integer"},
+            "duplicate": {"type": "integer"}, "rejected": {"type": "integer"},
+            "labelled_rows": {"type": "integer"},
+            "unknown_ids": {"type": "array", "items": {"type": "string"}},
+            "already_labelled_ids": {"type": "array", "items": {"type": "string"}},
+            "duplicate_ids": {"type": "array", "items": {"type": "string"}},
+            "rejected_ids": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "LiveMetrics": {
+        "type": "object", "required": ["metrics", "skipped", "n_samples", "n_calls", "baseline"],
+        "properties": {
+            "model_name": {"type": "string"}, "version": {"type": "string"},
+            "start_date": NULLABLE_STRING, "end_date": NULLABLE_STRING,
+            "n_calls": {"type": "integer"}, "n_samples": {"type": "integer"},
+            "capped": {"type": "boolean"},
+            "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+            "skipped": {"type": "object", "additionalProperties": {"type": "string"}},
+            "baseline": {"type": "object", "additionalProperties": {"type": "number"}},
+            "degraded": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    },
 }  # fmt: skip
 
 INFERENCE_BODY = {
@@ -136,6 +184,16 @@ INFERENCE_BODY = {
     "content": {JSON: {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
 }
 # The backend's own errors (e.g. MLflow's 400 for a bad payload) pass through unchanged.
+# The caller's deadline: documented from 1 s so the schemathesis pass does not
+# ask the real model for answers faster than it gives them (the gateway takes any
+# positive number, decimals included).
+REQUEST_TIMEOUT = _param("X-Request-Timeout", "header", {"type": "number", "minimum": 1, "maximum": 3600}, "Deadline in seconds (decimals allowed) covering the wait for a slot and the backend, capped by GATEWAY_BACKEND_TIMEOUT; when it passes: 504 (a queued call is never sent)")  # fmt: skip
+TRAFFIC_PARAMS = [
+    _param("max_concurrency", "query", {"type": "integer", "minimum": 0, "maximum": MAX_CONCURRENCY}, "Load shedding: calls in flight per ready replica (0: no limit); the rest wait in a queue"),
+    _param("max_queue", "query", {"type": "integer", "minimum": 0, "maximum": MAX_QUEUE}, "Load shedding: calls that may wait for a slot (default 100); past it, 429 with Retry-After at once"),
+    _param("idle_timeout_s", "query", {"type": "integer", "minimum": 0, "maximum": MAX_IDLE_TIMEOUT_S}, "Scale to zero: stop the backends after this many seconds without a call (0: never); the next call wakes them"),
+]  # fmt: skip
+
 INFERENCE_RESPONSES = {
     "200": _json(ANY_JSON, "The backend's answer, byte for byte"),
     "default": _json(
@@ -168,7 +226,9 @@ def _v2_paths() -> dict[str, Any]:
     for prefix, params in (("/v2/models/{name}", [key]), ("/v2/models/{name}/versions/{version}", [model, version])):  # fmt: skip
         paths[prefix] = {"get": {**metadata, "parameters": params}}
         paths[f"{prefix}/ready"] = {"get": {**ready, "parameters": params}}
-        paths[f"{prefix}/infer"] = {"post": {**infer, "parameters": [*params, header_length]}}
+        paths[f"{prefix}/infer"] = {
+            "post": {**infer, "parameters": [*params, header_length, REQUEST_TIMEOUT]}
+        }
     return paths
 
 
@@ -235,7 +295,11 @@ def build_spec() -> dict[str, Any]:
                     _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS}),
                     _param("replace", "query", {"type": "boolean"}, "Zero-downtime redeploy of a deployed key"),
                     _param("max_batch_size", "query", {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE}, "Adaptive batching: most rows per backend call (1: off)"),
-                    _param("max_batch_delay_ms", "query", {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS}, "Adaptive batching: longest wait for more calls under load")],
+                    _param("max_batch_delay_ms", "query", {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS}, "Adaptive batching: longest wait for more calls under load"),
+                    _param("num_cpus", "query", {"type": "number", "minimum": 0, "maximum": MAX_NUM_CPUS}, "GATEWAY_PLACEMENT=ray: CPUs each replica reserves on its node (default 1; above 1, whole CPUs). 400 with the local placement"),
+                    _param("memory_mb", "query", {"type": "integer", "minimum": 1, "maximum": MAX_MEMORY_MB}, "GATEWAY_PLACEMENT=ray: memory each replica reserves on its node, in MiB. 400 with the local placement"),
+                    _param("resources", "query", {"type": "string"}, 'GATEWAY_PLACEMENT=ray: custom Ray resources each replica reserves, a JSON object such as {"models": 1}. 400 with the local placement'),
+                    *TRAFFIC_PARAMS],
         )},
         "/deploy/{ref}": {"post": _op(
             "Deploy the version a registry alias points at, and follow the alias",
@@ -256,19 +320,19 @@ def build_spec() -> dict[str, Any]:
                                      params=[KEY, _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS}, required=True)])},
         "/undeploy/{key}": {"post": _op("Stop a deployment and free its ports", {"200": _json({"type": "object", "required": ["key", "status", "freed_ports"], "properties": {"key": {"type": "string"}, "status": {"type": "string"}, "freed_ports": {"type": "array", "items": {"type": "integer"}}, "message": {"type": "string"}}})}, params=[KEY])},
         "/get_deployed_models": {"get": _op("Every deployment by key", {"200": _json({"type": "object", "additionalProperties": _ref("Deployment")})})},
-        "/get_number_free_ports": {"get": _op("Free ports of the backend range", {"200": _json({"type": "integer", "minimum": 0})})},
+        "/get_number_free_ports": {"get": _op("Free ports of the backend range (Ray placement: replicas of one CPU the cluster's free CPUs hold)", {"200": _json({"type": "integer", "minimum": 0})})},
         "/logs/{key}": {"get": _op(
             "A deployment's recent backend output, per replica",
             {"200": _json({"type": "object", "required": ["key", "lines", "replicas"], "properties": {"key": {"type": "string"}, "lines": {"type": "integer"}, "replicas": {"type": "array", "items": {"type": "object", "required": ["replica", "node", "status", "log"], "properties": {"replica": {"type": "integer"}, "node": NULLABLE_STRING, "status": {"type": "string"}, "log": {"type": "string"}}}}}})},
             params=[KEY, _param("replica", "query", {"type": "integer", "minimum": 0}, "One replica's index (default: every replica)"),
                     _param("lines", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "Last lines per replica (default 100)")],
             tag="operations")},
-        "/{key}": {"post": _op("Predict (the original's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
-        "/{key}/invocations": {"post": _op("Predict (MLflow's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
-        "/model/{key}": {"post": _op("Predict (the original web frontend's path)", INFERENCE_RESPONSES, params=[KEY], body=INFERENCE_BODY, tag="inference", errors={})},
+        "/{key}": {"post": _op("Predict (the original's path)", INFERENCE_RESPONSES, params=[KEY, REQUEST_TIMEOUT], body=INFERENCE_BODY, tag="inference", errors={})},
+        "/{key}/invocations": {"post": _op("Predict (MLflow's path)", INFERENCE_RESPONSES, params=[KEY, REQUEST_TIMEOUT], body=INFERENCE_BODY, tag="inference", errors={})},
+        "/model/{key}": {"post": _op("Predict (the original web frontend's path)", INFERENCE_RESPONSES, params=[KEY, REQUEST_TIMEOUT], body=INFERENCE_BODY, tag="inference", errors={})},
         "/{key}/{endpoint}": {"get": _op("The backend's ping, health or version", INFERENCE_RESPONSES, params=[KEY, _param("endpoint", schema={"type": "string", "enum": ["ping", "health", "version"]})], tag="inference", errors={})},
         "/model/{key}/dataset": {"get": _op(
-            "Logged inputs and predictions, one row per instance",
+            "Logged inputs and predictions, one row per instance, with ground_truth and request_id",
             {"200": {"description": "CSV (default) or JSON lines, streamed", "content": {"text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}}},
             params=[KEY, _param("start_date", "query", date), _param("end_date", "query", date),
                     _param("format", "query", {"type": "string", "enum": ["csv", "jsonl"]})],
@@ -279,6 +343,23 @@ def build_spec() -> dict[str, Any]:
         "/model/{key}/new_metrics_file_name": {"get": _op("Names of stored snapshots", {"200": _json({"type": "object", "required": ["files"], "properties": {"files": {"type": "array", "items": {"type": "string"}}}})}, params=[KEY], tag="data")},
         "/model/{key}/new_metrics/{name}": {"get": _op("One stored snapshot", {"200": _json(_ref("Snapshot"))}, params=[KEY, _param("name", description="A name from new_metrics_file_name")], tag="data")},
         "/model/{key}/reference": {"put": _op("Set the reference data for drift checks", {"200": _json({"type": "object", "required": ["rows", "columns"], "properties": {"rows": {"type": "integer"}, "columns": {"type": "array", "items": {"type": "string"}}}})}, params=[KEY], body={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}, tag="data")},
+        "/model/{key}/feedback": {"post": _op(
+            "Ground truth for earlier calls, by request id (JSON list, or CSV with request_id and result columns)",
+            {"200": _json(_ref("FeedbackResult"), "How many ids were matched, unknown, already labelled, repeated or refused")},
+            params=[KEY],
+            body={"required": True, "content": {JSON: {"schema": {"type": "array", "minItems": 1, "items": _ref("FeedbackItem")}},
+                                                "text/csv": {"schema": {"type": "string"}}}},
+            tag="data")},
+        "/model/{key}/metrics/live": {"get": _op(
+            "The baseline's metrics over the calls of a period that have ground truth",
+            {"200": _json(_ref("LiveMetrics"))},
+            params=[KEY, _param("start_date", "query", date), _param("end_date", "query", date)],
+            tag="data")},
+        "/model/{key}/report": {"get": _op(
+            "The degradation report as a page, for a browser (the zip's report.html)",
+            {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            params=[KEY, _param("tolerance", "query", {"type": "number", "minimum": 0, "maximum": 9})],
+            tag="data")},
         "/model/{key}/degradation_report": {"get": _op(
             "Input drift and metric decline report",
             {"200": {"description": "A zip (report.html, drift.json, drift.csv, metrics.csv, summary.json) or, with format=json, the summary", "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}, JSON: {"schema": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}}}}},
