@@ -27,9 +27,25 @@ from supervisor.process import Command
 from supervisor.state_store import DeploymentRecord, SavedBackend, StateStore
 from supervisor.states import State
 
-__all__ = ["CommandFactory", "EventListener", "Manager", "SupervisorConfig"]
+__all__ = [
+    "PARKED_REPLICAS",
+    "CommandFactory",
+    "EventListener",
+    "Manager",
+    "SupervisorConfig",
+    "is_idle",
+]
 
 logger = logging.getLogger(__name__)
+
+# The option an idle deployment keeps its replica count in, to wake with as many.
+PARKED_REPLICAS = "parked_replicas"
+
+
+def is_idle(deployment: Deployment) -> bool:
+    """Whether `deployment` was scaled to zero (`Manager.park`) and not woken yet."""
+    return not deployment.replicas and PARKED_REPLICAS in deployment.record.options
+
 
 CommandFactory = Callable[[DeploymentRecord, int], Awaitable[Command]]
 """Deprecated: the two-argument factory a Manager wraps in a LocalPlacement.
@@ -207,11 +223,62 @@ class Manager:
             logger.info("set options of %s: %s", key, options)
             return deployment
 
+    async def park(self, key: str) -> Deployment:
+        """Scale `key` to zero: drain and stop every backend, free its ports, and keep
+        the deployment (desired state included) with the count to wake it with.
+
+        An idle deployment has no replicas, so a restore starts nothing for it.
+        """
+        async with self._lock(key):
+            deployment = self._get(key)
+            replicas = list(deployment.replicas)
+            if not replicas:
+                return deployment
+            record = dataclasses.replace(
+                deployment.record,
+                options={**deployment.record.options, PARKED_REPLICAS: len(replicas)},
+            )
+            await self._store.update_record(record)
+            deployment.record = record
+            deployment.replicas = []  # one assignment: new calls see it idle at once
+            await self._retire(deployment, replicas)
+            logger.info("%s is idle: stopped %d backend(s)", key, len(replicas))
+            return deployment
+
+    async def wake(self, key: str) -> Deployment:
+        """Start the backends of an idle deployment again; returns once they are ready."""
+        async with self._lock(key):
+            deployment = self._get(key)
+            if deployment.replicas:
+                return deployment
+            count = int(deployment.record.options.get(PARKED_REPLICAS) or 1)
+            added = await self._start_replicas(deployment, count)
+            options = dict(deployment.record.options)
+            options.pop(PARKED_REPLICAS, None)
+            record = dataclasses.replace(deployment.record, options=options)
+            await self._store.update_record(record)
+            deployment.record = record
+            deployment.replicas = added
+            logger.info("%s woke up with %d backend(s)", key, count)
+            return deployment
+
     async def close(self) -> None:
-        """Stop every backend but keep the desired state for the next boot."""
+        """Stop every backend but keep the desired state for the next boot.
+
+        Backends of a placement that outlives the gateway (Ray actors) are left
+        serving instead: the next boot attaches to them.
+        """
         deployments = list(self.table.values())
         self.table.clear()
-        await asyncio.gather(*(self._stop_all(d) for d in deployments))
+        if self.placement.outlives_gateway:
+            # End only the owner tasks (one still starting stops its own backend).
+            tasks = [r.task for d in deployments for r in d.replicas if r.task is not None]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+        else:
+            await asyncio.gather(*(self._stop_all(d) for d in deployments))
         await self._keeper.close()
         if self._owns_placement:
             await self.placement.close()

@@ -3,6 +3,9 @@
 STOPPED -> STARTING -> RUNNING -> (exit or failed probe) -> BACKOFF -> STARTING
 STARTING -> BACKOFF (failed start) -> ... -> FATAL after too many failures
 any -> STOPPING -> STOPPED; BACKOFF -> STOPPED (nothing runs while a restart waits)
+
+IDLE is a deployment's status, never a replica's: scaled to zero (`Manager.park`),
+no backend runs until the next call wakes it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ class State(enum.StrEnum):
     BACKOFF = "backoff"
     STOPPING = "stopping"
     FATAL = "fatal"
+    IDLE = "idle"
 
 
 # The only allowed moves; anything else is a bug in the supervisor.
@@ -27,6 +31,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.STOPPED, State.FATAL}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.FATAL: frozenset({State.STARTING, State.STOPPING}),
+    State.IDLE: frozenset(),
 }
 
 

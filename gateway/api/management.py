@@ -30,6 +30,7 @@ from gateway.edge.names import check_alias, check_model_name, check_version
 from gateway.edge.params import int_query, resolve_key, single_query
 from gateway.errors import BadRequest, DeploymentNotFound
 from supervisor.deployment import Deployment
+from supervisor.manager import is_idle
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def _deploy_body(deployment: Deployment, message: str) -> dict[str, object]:
     record = deployment.record
     return {
         "key": record.key, "model_name": record.model_name, "version": record.version,
-        "port": view["port"], "run_uuid": view["run_uuid"], "status": view["status"],
+        "port": view["port"], "run_uuid": view["run_uuid"],
+        "status": "idle" if is_idle(deployment) else view["status"],
         "replicas": view["replicas"], "options": record.options, "message": message,
     }  # fmt: skip
 

@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from gateway.app_keys import (
     ADMISSIONS,
     BATCHERS,
+    DEPLOYER,
     INFERENCE_LOG,
     METRICS,
     ROUTES,
@@ -121,6 +122,10 @@ async def serve(
     streamed, for callers that translate it. A deployment with admission control,
     or a call with a deadline (`X-Request-Timeout`), takes the managed road.
     """
+    if not deployment.replicas:  # scaled to zero: wake it, holding the call
+        deployer = request.app.get(DEPLOYER)
+        if deployer is not None:
+            await deployer.wake(deployment)
     admissions = request.app.get(ADMISSIONS)
     admission = admissions.get(deployment.key) if admissions else None
     raw_timeout = request.headers.get(REQUEST_TIMEOUT_HEADER)

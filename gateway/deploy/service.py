@@ -22,14 +22,17 @@ from gateway.deploy.baselines import capture_baseline
 from gateway.deploy.options import DEFAULT_BATCH_DELAY_MS, DEFAULT_MAX_QUEUE, DeployRequest
 from gateway.deploy.registry import ModelVersionInfo, Registry
 from gateway.edge.telemetry import GatewayMetrics
-from gateway.errors import AliasNotFound, Conflict, GatewayError
+from gateway.errors import AliasNotFound, BackendTimeout, Conflict, GatewayError, ModelNotReady
 from gateway.records.stores.base import Store
 from supervisor.deployment import Deployment
-from supervisor.errors import BackendStartError, NotDeployed
-from supervisor.manager import Manager
+from supervisor.errors import BackendStartError, NotDeployed, SupervisorError
+from supervisor.manager import Manager, is_idle
 from supervisor.state_store import DeploymentRecord
 
 logger = logging.getLogger(__name__)
+
+# How often the idle watch looks for deployments to scale to zero.
+IDLE_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,11 @@ class DeployService:
         self.admissions: dict[str, Admission] = {}
         self.aliases: dict[str, AliasState] = {}
         self._alias_locks: dict[str, asyncio.Lock] = {}
+        # Scale to zero: one wake-up per idle key that every waiting call shares,
+        # and what the idle watch last saw of each key's traffic.
+        self._waking: dict[str, asyncio.Task[Deployment]] = {}
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._idle_watch: asyncio.Task[None] | None = None
 
     @property
     def table(self) -> dict[str, Deployment]:
@@ -87,9 +95,13 @@ class DeployService:
             alias = deployment.record.options.get("alias")
             if alias:
                 self.aliases[deployment.key] = AliasState(alias)
+        self._idle_watch = asyncio.create_task(self._watch_idle())
 
     async def close(self) -> None:
         """Stop batching, then every backend; the desired state stays for the next boot."""
+        if self._idle_watch is not None:
+            self._idle_watch.cancel()
+            await asyncio.gather(self._idle_watch, return_exceptions=True)
         for key in list(self.batchers):
             await self._drop_batcher(key)
         logger.info("stopping %d deployment(s)", len(self.manager.table))
@@ -207,6 +219,77 @@ class DeployService:
         self._metrics.forget(key)
         return deployment
 
+    # ------------------------------------------------------------ scale to zero
+
+    async def wake(self, deployment: Deployment) -> None:
+        """Hold a call to an idle deployment until its backends are ready again.
+
+        Calls that arrive during the wake-up share it (one start, never two) and
+        resume in arrival order; a caller that leaves does not cancel it.
+        """
+        if not is_idle(deployment):
+            return
+        key = deployment.key
+        task = self._waking.get(key)
+        if task is None:
+            task = asyncio.create_task(self._wake(key))
+            self._waking[key] = task
+            task.add_done_callback(self._woken)
+        try:
+            async with asyncio.timeout(self._ready_timeout):
+                await asyncio.shield(task)
+        except TimeoutError:
+            raise BackendTimeout(
+                f"{key} is waking up from idle and was not ready after {self._ready_timeout:g}s",
+                headers={"Retry-After": "5"},
+            ) from None
+        except SupervisorError as exc:
+            raise ModelNotReady(
+                f"{key} was idle and could not be woken: {exc}", headers={"Retry-After": "5"}
+            ) from None
+
+    async def _wake(self, key: str) -> Deployment:
+        started = time.monotonic()
+        deployment = await self.manager.wake(key)
+        self._metrics.cold_starts.labels(key).inc()
+        self._metrics.cold_start_time.labels(key).observe(time.monotonic() - started)
+        await self._configure(deployment)
+        return deployment
+
+    def _woken(self, task: asyncio.Task[Deployment]) -> None:
+        for key, waking in list(self._waking.items()):
+            if waking is task:
+                del self._waking[key]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("waking a deployment failed: %s", task.exception())
+
+    async def _watch_idle(self) -> None:
+        """Scale to zero the deployments that had no call for their `idle_timeout_s`.
+
+        Reads the replicas' answer and in-flight counters the hot path keeps
+        anyway, so a call pays nothing for this.
+        """
+        while True:
+            await asyncio.sleep(IDLE_CHECK_S)
+            now = time.monotonic()
+            for key, deployment in list(self.manager.table.items()):
+                timeout = float(deployment.record.options.get("idle_timeout_s") or 0)
+                if timeout <= 0 or not deployment.replicas or key in self._waking:
+                    self._seen.pop(key, None)
+                    continue
+                replicas = deployment.replicas
+                answers = sum(r.answers for r in replicas)
+                busy = any(r.in_flight for r in replicas) or not all(r.routable for r in replicas)
+                seen = self._seen.get(key)
+                if busy or seen is None or seen[0] != answers:
+                    self._seen[key] = (answers, now)
+                elif now - seen[1] >= timeout:
+                    self._seen.pop(key, None)
+                    try:
+                        await self.manager.park(key)
+                    except SupervisorError as exc:
+                        logger.warning("%s: could not scale to zero: %s", key, exc)
+
     # ----------------------------------------------------------------- aliases
 
     def alias_keys(self, name: str | None = None, alias: str | None = None) -> list[str]:
@@ -286,6 +369,8 @@ class DeployService:
         body = {}
         for key, deployment in self.manager.table.items():
             entry = deployment.describe()
+            if is_idle(deployment):
+                entry["status"] = "idle"
             batcher = self.batchers.get(key)
             entry["batching"] = None if batcher is None else batcher.describe()
             state = self.aliases.get(key)
