@@ -19,6 +19,9 @@ $(STAMP)-install: pyproject.toml
 
 $(STAMP)-test: $(STAMP)-install
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# Evidently is only compared against in one test, which skips without it.
+	$(PY) -m pip install --quiet -e '.[evidently]' \
+	  || echo "Evidently did not install: tests/gateway/quality/test_drift_evidently.py will skip"
 	touch $@
 
 run: $(STAMP)-install
@@ -65,6 +68,34 @@ compose-tools: $(STAMP)-install
 	  && dpkg-deb --fsys-tarfile $$dir/prometheus_*.deb | tar -xO ./usr/bin/promtool > $(VENV)/bin/promtool.part \
 	  && chmod +x $(VENV)/bin/promtool.part && mv $(VENV)/bin/promtool.part $(VENV)/bin/promtool; \
 	  status=$$?; rm -rf $$dir; exit $$status; }
+
+# The monitoring tests start a real Prometheus server (on loopback, with a temporary
+# config) to scrape a live gateway and evaluate docs/prometheus-alerts.yml; Debian's
+# prometheus package gives /usr/bin/prometheus and /usr/bin/promtool (no service is
+# started: there is no init system here).
+.PHONY: prometheus
+test: prometheus
+prometheus:
+	@command -v /usr/bin/prometheus >/dev/null || { \
+	  echo "installing prometheus from the system's packages"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq \
+	  && $$sudo apt-get install -y -qq --no-install-recommends prometheus; }
+
+# Ray's servers listen on every interface, so the tests that start Ray (marker `cluster`:
+# tests/cluster and the Ray subject of the placement contract) run in a private network
+# namespace with nothing but loopback, where the main run above skips them. `unshare -n`
+# needs root (CI runs as root); without it a user namespace stands in (`unshare -rn`)
+# and the two-host test, which needs real root for `ip netns`, skips. iproute2 gives `ip`.
+.PHONY: test-cluster iproute2
+test-cluster: $(STAMP)-test iproute2
+	@if [ "$$(id -u)" = 0 ]; then ns="unshare -n"; else ns="unshare -rn"; fi; \
+	$$ns sh -c 'ip link set lo up && exec $(VENV)/bin/pytest -m cluster tests/cluster tests/supervisor/test_placement_contract.py'
+iproute2:
+	@command -v ip >/dev/null || { \
+	  echo "installing iproute2 from the system's packages"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends iproute2; }
 
 # Benchmarks are not tests: they print figures and never fail on a threshold.
 bench: $(STAMP)-test

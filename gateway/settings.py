@@ -140,7 +140,61 @@ class Settings(BaseSettings):
     """Records kept in memory while the store is down; beyond, they go to the spool file."""
 
     report_max_calls: int = Field(200_000, ge=1, validation_alias=_env("GATEWAY_REPORT_MAX_CALLS"))
-    """Most recent logged calls a degradation report reads."""
+    """Most recent logged calls a degradation report (and each monitoring pass) reads."""
+
+    report_max_mb: float = Field(32.0, gt=0, validation_alias=_env("GATEWAY_REPORT_MAX_MB"))
+    """Logged text (inputs and predictions, MiB) a report or live-metrics call reads at
+    most, newest calls first: bounds its memory however large the calls were."""
+
+    log_sample: float = Field(1.0, ge=0, le=1, validation_alias=_env("GATEWAY_LOG_SAMPLE"))
+    """Fraction of inference calls logged, chosen by a hash of the request id (not at
+    random), so ground truth sent later by id always finds a kept call."""
+
+    log_redact: str | None = Field(None, validation_alias=_env("GATEWAY_LOG_REDACT"))
+    """Input fields never stored, comma-separated: `name` or `name:drop` removes the field
+    and its values; `name:hash` keeps it as HMAC-SHA256 under a key made once in the data
+    dir (`redaction.key`). Applied before the store and the spool see a call."""
+
+    log_retention_days: float = Field(
+        0.0, ge=0, validation_alias=_env("GATEWAY_LOG_RETENTION_DAYS")
+    )
+    """Days logged calls are kept (0: forever). SQLite deletes older ones at start-up and
+    hourly, in batches; MongoDB expires them with a TTL index."""
+
+    monitor_interval_s: float = Field(
+        300.0, ge=0, validation_alias=_env("GATEWAY_MONITOR_INTERVAL_S")
+    )
+    """Seconds between monitoring passes that compute drift and live metrics of every
+    deployment for Prometheus, in a worker thread (0 turns monitoring off)."""
+
+    monitor_max_features: int = Field(
+        50, ge=1, le=1000, validation_alias=_env("GATEWAY_MONITOR_MAX_FEATURES")
+    )
+    """Features per deployment exported as Prometheus series (the first ones in the
+    reference's column order); bounds the label cardinality."""
+
+    drift_p_value: float = Field(0.05, gt=0, lt=1, validation_alias=_env("GATEWAY_DRIFT_P_VALUE"))
+    """A Kolmogorov-Smirnov or chi-squared test flags drift below this (corrected) p-value."""
+
+    drift_wasserstein: float = Field(0.1, gt=0, validation_alias=_env("GATEWAY_DRIFT_WASSERSTEIN"))
+    """Large numeric samples drift at this Wasserstein distance (in reference std units)."""
+
+    drift_jensenshannon: float = Field(
+        0.1, gt=0, le=1, validation_alias=_env("GATEWAY_DRIFT_JENSENSHANNON")
+    )
+    """Large categorical samples drift at this Jensen-Shannon distance."""
+
+    drift_large_sample: int = Field(1000, ge=1, validation_alias=_env("GATEWAY_DRIFT_LARGE_SAMPLE"))
+    """Above this many values in both samples, distances replace the tests."""
+
+    drift_correction: Literal["bh", "bonferroni", "none"] = Field(
+        "bh", validation_alias=_env("GATEWAY_DRIFT_CORRECTION")
+    )
+    """How one window's p-values are corrected for testing many features together:
+    Benjamini-Hochberg, Bonferroni, or none."""
+
+    drift_share: float = Field(0.5, gt=0, le=1, validation_alias=_env("GATEWAY_DRIFT_SHARE"))
+    """A window has dataset drift when at least this share of its features drifted."""
 
     admin_token: SecretStr | None = Field(None, validation_alias=_env("GATEWAY_ADMIN_TOKEN"))
     """Bearer token for management, data and report endpoints (unset: open)."""
@@ -184,6 +238,14 @@ class Settings(BaseSettings):
     def _absolute(cls, path: Path | None) -> Path | None:
         # The gateway runs from inside its data dir (see cli.serve): resolve first.
         return path.expanduser().resolve() if path is not None else None
+
+    @field_validator("log_redact")
+    @classmethod
+    def _redact_rules(cls, spec: str | None) -> str | None:
+        from gateway.records.privacy import parse_rules
+
+        parse_rules(spec)  # a ValueError names the bad entry
+        return spec
 
     @field_validator("backend_command")
     @classmethod

@@ -1,7 +1,9 @@
 """The data plane's API: dataset export, baselines, feedback metrics, reference data, reports.
 
 Paths are the original's (`/model/{key}/metrics`, `/set_new_metrics`, `/dataset`,
-`/degradation_report`, ...). Heavy work (metrics, reports) runs in worker threads.
+`/degradation_report`, ...), plus ground truth by request id (`/feedback`), the
+metrics of labelled calls (`/metrics/live`) and the report as a page (`/report`).
+Heavy work (metrics, reports) runs in worker threads.
 """
 
 from __future__ import annotations
@@ -25,10 +27,21 @@ from gateway.edge.request_ids import request_id
 from gateway.errors import (
     BadRequest,
     GatewayError,
+    UnsupportedMediaType,
 )
+from gateway.quality import feedback as fb
+from gateway.quality.monitor import drift_config, last_calls
 from gateway.quality.report import DEFAULT_TOLERANCE, ReportInput, build_report, reference_frame
-from gateway.quality.scores import needs_classes, score_feedback
-from gateway.records.rows import columns_of, csv_chunk, csv_line, jsonl_chunk, prediction_values
+from gateway.quality.scores import is_degraded, needs_classes, score_calls, score_feedback
+from gateway.records.privacy import parse_rules
+from gateway.records.rows import (
+    columns_of,
+    csv_chunk,
+    csv_line,
+    jsonl_chunk,
+    ordered_columns,
+    prediction_values,
+)
 from gateway.records.stores.base import MetricsSnapshot
 
 logger = logging.getLogger(__name__)
@@ -67,6 +80,13 @@ def _epoch(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
+def _end_epoch(day: date | None) -> float | None:
+    """Where an inclusive end date stops; the last date there is has no end."""
+    if day is None or day == date.max:
+        return None
+    return _epoch(day + timedelta(days=1))
+
+
 async def _require_known(
     request: web.Request, name: str, version: str, *, has_data: bool = False
 ) -> None:
@@ -98,7 +118,7 @@ async def dataset(request: web.Request) -> web.StreamResponse:
         raise BadRequest("format must be csv or jsonl")
     store = request.app[STORE]
     start_ts = _epoch(start) if start else None
-    end_ts = _epoch(end + timedelta(days=1)) if end else None  # end_date is inclusive
+    end_ts = _end_epoch(end)  # end_date is inclusive
     # Decided before the response starts: after prepare() the status is sent.
     await _require_known(request, name, version)
 
@@ -120,7 +140,7 @@ async def dataset(request: web.Request) -> web.StreamResponse:
         columns: dict[str, None] = {}
         async for chunk in _chunks(records(name, version, start_ts, end_ts)):
             columns.update(await asyncio.to_thread(columns_of, chunk))
-        ordered = [c for c in columns if c != "timestamp"] + (["timestamp"] if columns else [])
+        ordered = ordered_columns(columns)
         if ordered:
             await response.write(csv_line(ordered).encode())
         async for chunk in _chunks(records(name, version, start_ts, end_ts)):
@@ -290,16 +310,102 @@ async def metrics_history(request: web.Request) -> web.Response:
     )
 
 
+# ------------------------------------------------------------------- feedback
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """POST /model/{key}/feedback: ground truth for earlier calls, by their request ids."""
+    name, version = resolve_key(request, request.match_info["key"])
+    content_type = request.content_type
+    if content_type not in ("application/json", "text/json", "text/csv",
+                            "application/octet-stream"):  # fmt: skip
+        raise UnsupportedMediaType(
+            "send JSON (application/json) or CSV (text/csv), not " + repr(content_type)
+        )
+    body = await read_body(request)
+    parse = fb.parse_csv if content_type == "text/csv" else fb.parse_json
+    try:
+        given = await asyncio.to_thread(parse, body)
+    except fb.FeedbackError as exc:
+        raise BadRequest(str(exc)) from None
+    store = request.app[STORE]
+    await _require_known(request, name, version)
+    calls = await store.find_calls(name, version, list(given.labels))
+    joined = await asyncio.to_thread(fb.join, given, calls)
+    labelled = await store.label_records(joined.labels, time.time())
+    # A call labelled by someone else between the look-up and the write is not ours.
+    matched = [rid for rid, ids in joined.matched.items() if labelled.intersection(ids)]
+    late = [rid for rid in joined.matched if rid not in set(matched)]
+    already = joined.already_labelled + late
+    listed = fb.MAX_LISTED
+    return web.json_response(
+        {
+            "model_name": name,
+            "version": version,
+            "received": len(given.labels) + len(given.duplicates),
+            "matched": len(matched),
+            "unknown": len(joined.unknown),
+            "already_labelled": len(already),
+            "duplicate": len(given.duplicates),
+            "rejected": len(joined.rejected),
+            "labelled_rows": sum(len(given.labels[rid]) for rid in matched),
+            "unknown_ids": joined.unknown[:listed],
+            "already_labelled_ids": already[:listed],
+            "duplicate_ids": given.duplicates[:listed],
+            "rejected_ids": joined.rejected[:listed],
+        }
+    )
+
+
+async def live_metrics(request: web.Request) -> web.Response:
+    """GET /model/{key}/metrics/live: the baseline's metrics over labelled calls of a period."""
+    name, version = resolve_key(request, request.match_info["key"])
+    start, end = _parse_date(request, "start_date"), _parse_date(request, "end_date")
+    if start and end and end < start:
+        raise BadRequest("end_date is before start_date")
+    store, settings = request.app[STORE], request.app[SETTINGS]
+    baseline = await store.get_baseline(name, version)
+    if baseline is None or not baseline.metrics:
+        await _require_known(request, name, version)
+        raise BaselineNotFound(
+            f"no baseline metrics for {name}-{version}: deploy it, or its run logged none"
+        )
+    start_ts = _epoch(start) if start else None
+    end_ts = _end_epoch(end)
+    calls = await last_calls(
+        store.iter_records(name, version, start_ts, end_ts, labelled=True),
+        settings.report_max_calls,
+    )
+    names = list(baseline.metrics)
+    training = await store.get_reference(name, version) if needs_classes(names) else None
+    values, skipped, rows = await asyncio.to_thread(score_calls, names, calls, training)
+    degraded = {
+        metric: verdict
+        for metric, value in values.items()
+        if (verdict := is_degraded(metric, baseline.metrics[metric], value, DEFAULT_TOLERANCE))
+        is not None
+    }
+    return web.json_response(
+        {
+            "model_name": name,
+            "version": version,
+            "start_date": start.isoformat() if start else None,
+            "end_date": end.isoformat() if end else None,
+            "n_calls": len(calls),
+            "n_samples": rows,
+            "capped": len(calls) >= settings.report_max_calls,
+            "metrics": values,
+            "skipped": skipped,
+            "baseline": baseline.metrics,
+            "degraded": degraded,
+        }
+    )
+
+
 # ------------------------------------------------------------------- report
 
 
-async def degradation_report(request: web.Request) -> web.StreamResponse:
-    """GET /model/{key}/degradation_report: a zip (or `?format=json`: the summary)."""
-    key = request.match_info["key"]
-    name, version = resolve_key(request, key)
-    fmt = single_query(request, "format") or "zip"
-    if fmt not in ("zip", "json"):
-        raise BadRequest("format must be zip or json")
+def _tolerance(request: web.Request) -> float:
     raw_tolerance = single_query(request, "tolerance")
     try:
         tolerance = float(raw_tolerance) if raw_tolerance is not None else DEFAULT_TOLERANCE
@@ -307,27 +413,43 @@ async def degradation_report(request: web.Request) -> web.StreamResponse:
         raise BadRequest("tolerance must be a number such as 0.05") from None
     if not 0 <= tolerance < 10:
         raise BadRequest("tolerance must be between 0 and 10")
+    return tolerance
+
+
+async def _report_input(request: web.Request, tolerance: float) -> ReportInput:
+    """Everything a report reads, or a 404 for a key that never existed."""
+    key = request.match_info["key"]
+    name, version = resolve_key(request, key)
     store, settings = request.app[STORE], request.app[SETTINGS]
-    records = []
-    capped = False
-    async for record in _latest(store.iter_records(name, version), settings.report_max_calls):
-        records.append(record)
-    capped = len(records) >= settings.report_max_calls
-    now = time.time()
+    records = await last_calls(store.iter_records(name, version), settings.report_max_calls)
+    hashed = frozenset(n for n, a in parse_rules(settings.log_redact).items() if a == "hash")
     inp = ReportInput(
         key=key, reference_csv=await store.get_reference(name, version), records=records,
         baseline=await store.get_baseline(name, version),
-        snapshots=await store.list_snapshots(name, version), now=now, tolerance=tolerance,
-        records_capped=capped,
+        snapshots=await store.list_snapshots(name, version), now=time.time(),
+        tolerance=tolerance, records_capped=len(records) >= settings.report_max_calls,
+        config=drift_config(settings, hashed),
     )  # fmt: skip
     has_data = bool(records or inp.reference_csv or inp.baseline or inp.snapshots)
     await _require_known(request, name, version, has_data=has_data)
-    archive, summary = await asyncio.to_thread(build_report, inp)
-    if fmt == "json":
-        return web.json_response(summary)
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
+    return inp
+
+
+async def degradation_report(request: web.Request) -> web.StreamResponse:
+    """GET /model/{key}/degradation_report: a zip (or `?format=json`: the summary)."""
+    key = request.match_info["key"]
+    resolve_key(request, key)
+    fmt = single_query(request, "format") or "zip"
+    if fmt not in ("zip", "json"):
+        raise BadRequest("format must be zip or json")
+    inp = await _report_input(request, _tolerance(request))
+    zipped = fmt == "zip"
+    report = await asyncio.to_thread(build_report, inp, archive=zipped, page=zipped)
+    if report.archive is None:
+        return web.json_response(report.summary)
+    stamp = datetime.fromtimestamp(inp.now, UTC).strftime("%Y%m%d-%H%M%S")
     return web.Response(
-        body=archive,
+        body=report.archive,
         content_type="application/zip",
         headers={
             "Content-Disposition": f'attachment; filename="{key}-degradation-report-{stamp}.zip"'
@@ -335,15 +457,12 @@ async def degradation_report(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _latest(source: AsyncIterator[Any], limit: int) -> AsyncIterator[Any]:
-    """The last `limit` items of a time-ordered stream, in order, in bounded memory."""
-    from collections import deque
-
-    window: deque[Any] = deque(maxlen=limit)
-    async for item in source:
-        window.append(item)
-    for item in window:
-        yield item
+async def report_page(request: web.Request) -> web.Response:
+    """GET /model/{key}/report: the report's page itself, for a browser."""
+    resolve_key(request, request.match_info["key"])
+    inp = await _report_input(request, _tolerance(request))
+    report = await asyncio.to_thread(build_report, inp, archive=False)
+    return web.Response(text=report.html, content_type="text/html", charset="utf-8")
 
 
 def add_routes(app: web.Application) -> None:
@@ -356,3 +475,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/model/{key}/new_metrics/{name}", new_metrics)
     r.add_put("/model/{key}/reference", put_reference)
     r.add_get("/model/{key}/degradation_report", degradation_report)
+    r.add_get("/model/{key}/report", report_page)
+    r.add_post("/model/{key}/feedback", feedback)
+    r.add_get("/model/{key}/metrics/live", live_metrics)

@@ -1,7 +1,9 @@
-"""The degradation report: input drift and metric decline, as a zip a person can read.
+"""The degradation report: input drift and metric decline, as a page and a zip.
 
 `build_report` is pure and CPU-bound (pandas, SciPy, matplotlib): the API runs
-it in a worker thread so inference latency does not move while it builds.
+it in a worker thread so inference latency does not move while it builds. The
+page (`report.html`) is served as is by `GET /model/{key}/report` and is the
+same file the zip holds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import io
 import json
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gateway.quality import drift
-from gateway.quality.scores import higher_is_better
+from gateway.quality.scores import higher_is_better, is_degraded
 from gateway.records.rows import record_rows
 from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot
 
@@ -29,8 +31,10 @@ DEFAULT_TOLERANCE = 0.05
 MAX_PLOTTED_FEATURES = 30
 METRIC_COLUMNS = ["snapshot", "timestamp", "metric", "baseline", "value", "relative_change",
                   "degraded"]  # fmt: skip
-DRIFT_COLUMNS = ["window", "feature", "kind", "n_reference", "n_current", "psi", "ks_statistic",
-                 "ks_pvalue", "chi2_pvalue", "drifted", "note"]  # fmt: skip
+DRIFT_COLUMNS = ["window", "feature", "kind", "method", "n_reference", "n_current",
+                 "statistic", "p_value", "p_adjusted", "threshold", "psi", "drifted", "rule",
+                 "note"]  # fmt: skip
+WINDOW_COLUMNS = ["window", "n_features", "n_tested", "n_drifted", "share", "drifted"]
 
 
 @dataclass
@@ -43,6 +47,16 @@ class ReportInput:
     now: float
     tolerance: float = DEFAULT_TOLERANCE
     records_capped: bool = False
+    config: drift.DriftConfig = field(default_factory=drift.DriftConfig)
+
+
+@dataclass
+class Report:
+    """What a report build gives: the summary, the page, and (when asked for) the zip."""
+
+    summary: dict[str, Any]
+    html: str
+    archive: bytes | None
 
 
 def reference_frame(csv_bytes: bytes | None) -> pd.DataFrame:
@@ -56,7 +70,7 @@ def reference_frame(csv_bytes: bytes | None) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(csv_bytes), float_precision="round_trip")
 
 
-def _current_frame(records: Sequence[InferenceRecord]) -> pd.DataFrame:
+def current_frame(records: Sequence[InferenceRecord]) -> pd.DataFrame:
     rows = []
     for record in records:
         for row in record_rows(record):
@@ -79,9 +93,7 @@ def metric_rows(
                 continue
             change = (value - base) / abs(base) if base else None
             better = higher_is_better(name)
-            degraded = None
-            if change is not None and better is not None:
-                degraded = change < -tolerance if better else change > tolerance
+            degraded = is_degraded(name, base, value, tolerance)
             rows.append({
                 "snapshot": snap.name,
                 "timestamp": datetime.fromtimestamp(snap.ts, UTC).isoformat(),
@@ -163,19 +175,23 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
-    """(zip bytes, summary) for one model version."""
+def build_report(inp: ReportInput, *, archive: bool = True, page: bool = True) -> Report:
+    """The report of one model version: the summary; the page (with its plots, the slow
+    part) unless `page` is off; the zip when `archive` is asked for."""
     missing: list[str] = []
     reference = reference_frame(inp.reference_csv)
     if reference.empty:
         missing.append("reference data: log data/dataset.csv in the MLflow run or "
                        "PUT /model/{key}/reference with a CSV body")  # fmt: skip
-    current = _current_frame(inp.records)
+    current = current_frame(inp.records)
     if current.empty:
         missing.append("logged inputs: no inference calls were logged for this model yet")
     drift_rows: list[dict[str, Any]] = []
+    windows: list[dict[str, Any]] = []
     if not reference.empty and not current.empty:
-        drift_rows = [d.as_dict() for d in drift.drift_table(reference, current, inp.now)]
+        table = drift.drift_table(reference, current, inp.now, inp.config)
+        drift_rows = [d.as_dict() for d in table]
+        windows = [drift.window_drift(w, table, inp.config).as_dict() for w in drift.WINDOWS]
         if not drift_rows:
             missing.append(
                 "shared features: the reference and the logged inputs have no column in common"
@@ -207,10 +223,7 @@ def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
         "generated_at": generated.isoformat(),
         "status": status,
         "thresholds": {
-            "psi": drift.PSI_THRESHOLD,
-            "ks_pvalue": drift.P_VALUE_THRESHOLD,
-            "chi2_pvalue": drift.P_VALUE_THRESHOLD,
-            "min_samples": drift.MIN_SAMPLES,
+            **inp.config.describe(),
             "metric_relative_tolerance": inp.tolerance,
         },
         "windows": {k: (v / drift.DAY if v else None) for k, v in drift.WINDOWS.items()},
@@ -222,18 +235,22 @@ def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
             "snapshots": len(inp.snapshots),
         },
         "drifted_features": drifted,
+        "dataset_drift": {w["window"]: w for w in windows},
         "degraded_metrics": degraded,
         "latest_snapshot": latest,
         "baseline": inp.baseline.metrics if inp.baseline else None,
         "missing": missing,
     }
 
+    if not page and not archive:
+        return Report(summary, "", None)
     plots: dict[str, bytes] = {}
     if not reference.empty and not current.empty:
         recent = current[current["_ts"] >= inp.now - 30 * drift.DAY]
         if recent.empty:
             recent = current
-        for feature in drift.features_of(reference, current)[:MAX_PLOTTED_FEATURES]:
+        shared = drift.features_of(reference, current, inp.config.exclude)
+        for feature in shared[:MAX_PLOTTED_FEATURES]:
             plots[f"plots/feature_{_safe(feature)}.png"] = _feature_plot(
                 feature, reference[feature], recent[feature]
             )
@@ -241,6 +258,9 @@ def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
     if metrics_png:
         plots["plots/metrics.png"] = metrics_png
 
+    html_page = _html(summary, drift_rows, windows, metrics, plots)
+    if not archive:
+        return Report(summary, html_page, None)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("summary.json", json.dumps(summary, indent=2))
@@ -249,8 +269,8 @@ def build_report(inp: ReportInput) -> tuple[bytes, dict[str, Any]]:
         zf.writestr("metrics.csv", _csv(metrics))
         for name, data in plots.items():
             zf.writestr(name, data)
-        zf.writestr("report.html", _html(summary, drift_rows, metrics, plots))
-    return buffer.getvalue(), summary
+        zf.writestr("report.html", html_page)
+    return Report(summary, html_page, buffer.getvalue())
 
 
 def _safe(name: str) -> str:
@@ -286,10 +306,12 @@ def _img(data: bytes, alt: str) -> str:
 def _html(
     summary: dict[str, Any],
     drift_rows: list[dict[str, Any]],
+    windows: list[dict[str, Any]],
     metrics: list[dict[str, Any]],
     plots: dict[str, bytes],
 ) -> str:
     t = summary["thresholds"]
+    correction = html.escape(drift.CORRECTION_NAMES[t["correction"]])
     verdict = {
         "ok": "No drift and no metric decline found.",
         "drift": "Inputs have drifted from the reference data.",
@@ -335,11 +357,20 @@ img {{ margin: .3em; border: 1px solid #eee; }}
 <li>Drifted features by window:<ul>{drifted}</ul></li>
 </ul>
 {f"<h3>Missing</h3><ul>{missing}</ul>" if missing else ""}
-<p><small>A feature has drifted when PSI &ge; {t["psi"]} or the two-sample
-Kolmogorov-Smirnov p-value &lt; {t["ks_pvalue"]} (numeric), or the chi-squared p-value
-&lt; {t["chi2_pvalue"]} (categorical); windows with fewer than {t["min_samples"]} samples are
-not tested. A metric has degraded when it is worse than its baseline by more than
+<p><small>How a feature is judged (the row's <code>method</code> and <code>rule</code> say
+which applied): a numeric feature with at most {t["large_sample"]} values in either sample,
+by the two-sample Kolmogorov-Smirnov test, p &lt; {t["ks_p_value"]}; with more, by the
+Wasserstein distance over the reference's standard deviation, &ge; {t["wasserstein"]};
+a categorical feature (or a number with a few repeating values), by the chi-squared test,
+p &lt; {t["chi2_p_value"]}, or with more than {t["large_sample"]} values by the
+Jensen-Shannon distance, &ge; {t["jensenshannon"]}. The p-values of one window are
+corrected for testing many features together ({correction}). A window has dataset
+drift when at least {t["drift_share"]:.0%} of its tested features drifted. PSI is shown
+for every feature and decides nothing. Samples of fewer than {t["min_samples"]} values
+are not tested. A metric has degraded when it is worse than its baseline by more than
 {t["metric_relative_tolerance"]:.0%} (relative).</small></p>
+<h2>Dataset drift by window</h2>
+{_table(windows, WINDOW_COLUMNS, "drifted")}
 <h2>Metric history against the baseline</h2>
 {metrics_img}
 {_table(metrics, METRIC_COLUMNS, "degraded")}

@@ -29,6 +29,9 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from gateway.records.rows import labelled_pairs
+from gateway.records.stores.base import InferenceRecord
+
 _PREFIX = re.compile(r"^(training|train|test|testing|val|validation|eval|evaluation)[_\-./]")
 _SUFFIX = re.compile(r"[_\-.](score|value)$")
 # Names of a training table's label column, in order of preference (case-insensitive).
@@ -259,3 +262,23 @@ def score_feedback(
     """`compute_metrics` with the model's classes read from its training table."""
     classes = training_classes(training_csv) if needs_classes(names) else None
     return compute_metrics(names, y_true, y_pred, classes)
+
+
+def score_calls(
+    names: Sequence[str], calls: Sequence[InferenceRecord], training_csv: bytes | None
+) -> tuple[dict[str, float], dict[str, str], int]:
+    """`score_feedback` over the labelled rows of logged calls: (values, skipped, rows)."""
+    truth, predicted = labelled_pairs(list(calls))
+    if not truth:
+        return {}, dict.fromkeys(names, "no labelled calls with predictions in this period"), 0
+    values, skipped = score_feedback(names, truth, predicted, training_csv)
+    return values, skipped, len(truth)
+
+
+def is_degraded(name: str, baseline: float, value: float, tolerance: float) -> bool | None:
+    """Worse than the baseline by more than `tolerance` (relative); None when undecidable."""
+    better = higher_is_better(name)
+    if better is None or not baseline:
+        return None
+    change = (value - baseline) / abs(baseline)
+    return change < -tolerance if better else change > tolerance

@@ -1,5 +1,8 @@
 """Turn logged calls into table rows: one row per input instance, with its prediction.
 
+Every row also carries its call's ground truth (`ground_truth`, empty until
+feedback arrives) and `request_id`, so an export can be labelled and sent back.
+
 Understands every MLflow scoring input (`dataframe_split`, `dataframe_records`,
 `instances`, `inputs`) and CSV bodies. Pure functions; the export streams them.
 """
@@ -16,6 +19,8 @@ from typing import Any
 from gateway.records.stores.base import InferenceRecord
 
 Row = dict[str, Any]
+# Columns every exported row ends with, in this order, after features and predictions.
+TAIL_COLUMNS = ("ground_truth", "request_id", "timestamp")
 
 
 def _loads(value: Any) -> Any:
@@ -99,16 +104,39 @@ def _prediction_columns(value: Any) -> Row:
 
 
 def record_rows(record: InferenceRecord) -> Iterator[Row]:
-    """One row per instance of a logged call: features, prediction, timestamp."""
+    """One row per instance of a logged call: features, prediction, ground truth, id, time."""
     inputs = input_rows(record.inputs, record.content_type)
     predictions = prediction_values(record.predictions)
+    truth = record.ground_truth or []
     timestamp = datetime.fromtimestamp(record.ts, UTC).isoformat()
     for i, row in enumerate(inputs):
         out = dict(row)
         if i < len(predictions):
             out.update(_prediction_columns(predictions[i]))
+        out["ground_truth"] = truth[i] if i < len(truth) else None
+        out["request_id"] = record.request_id
         out["timestamp"] = timestamp
         yield out
+
+
+def row_count(record: InferenceRecord) -> int:
+    """How many instances a logged call had: its predictions, else its readable inputs."""
+    return len(prediction_values(record.predictions)) or len(
+        input_rows(record.inputs, record.content_type)
+    )
+
+
+def labelled_pairs(records: list[InferenceRecord]) -> tuple[list[Any], list[Any]]:
+    """(ground truth, prediction) of every labelled row of these calls, in order."""
+    truth: list[Any] = []
+    predicted: list[Any] = []
+    for record in records:
+        labels = record.ground_truth or []
+        values = prediction_values(record.predictions)
+        n = min(len(labels), len(values))
+        truth.extend(labels[:n])
+        predicted.extend(values[:n])
+    return truth, predicted
 
 
 def csv_line(values: list[Any]) -> str:
@@ -126,6 +154,13 @@ def columns_of(records: list[InferenceRecord]) -> dict[str, None]:
         for row in record_rows(record):
             columns.update(dict.fromkeys(row))
     return columns
+
+
+def ordered_columns(columns: dict[str, None]) -> list[str]:
+    """Features and predictions in first-seen order, then the tail columns."""
+    if not columns:
+        return []
+    return [c for c in columns if c not in TAIL_COLUMNS] + list(TAIL_COLUMNS)
 
 
 def csv_chunk(records: list[InferenceRecord], columns: list[str]) -> str:

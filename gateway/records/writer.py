@@ -6,6 +6,12 @@ size or every `flush_interval`). When the store fails, batches wait and are
 retried with backoff; past `max_pending` they go to a local spool file and are
 replayed when the store is back. Only a failed spool write (a full disk) loses
 records, and `lost` counts them.
+
+What is kept of a call is decided here, before anything is stored or spooled:
+a deterministic sample by request id (`sample`), at most `max_rows` rows of its
+inputs and predictions (the rest counted in `truncated_rows`; see row_cap), with
+redacted input fields dropped or hashed (`redactor`). Both run in a worker
+thread when they have work: they read the body.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.records.privacy import Redactor, sampled_in
+from gateway.records.row_cap import cap_call, may_need_cap
 from gateway.records.spool import Spool
 from gateway.records.stores.base import InferenceRecord, Store
 
@@ -34,7 +42,41 @@ class LogStats:
     spooled: int = 0
     replayed: int = 0
     lost: int = 0
+    sampled_out: int = 0
+    truncated_rows: int = 0  # rows past GATEWAY_LOG_MAX_ROWS_PER_CALL, never logged
     store_up: bool = True
+
+
+# (time, model, version, content type, body, answer, request id): what submit() keeps.
+_Call = tuple[float, str, str, str, bytes, bytes | None, str | None]
+
+
+def _records(
+    calls: list[_Call], redactor: Redactor | None, max_rows: int
+) -> tuple[list[InferenceRecord], int]:
+    """The records of `calls`, and how many rows the row cap dropped."""
+    records, truncated = [], 0
+    for ts, model, version, content_type, inputs, answer, request_id in calls:
+        text = inputs.decode("utf-8", "replace")
+        predictions = answer.decode("utf-8", "replace") if answer is not None else None
+        text, predictions, dropped = cap_call(content_type, text, predictions, max_rows)
+        truncated += dropped
+        kept: str | None = text
+        if redactor is not None:
+            kept = redactor.apply(content_type, text.encode() if dropped else inputs)
+        records.append(
+            InferenceRecord(
+                id=uuid.uuid4().hex,
+                model=model,
+                version=version,
+                ts=ts,
+                content_type=content_type,
+                inputs=kept,
+                predictions=predictions,
+                request_id=request_id,
+            )
+        )
+    return records, truncated
 
 
 class InferenceLogger:
@@ -49,6 +91,9 @@ class InferenceLogger:
         flush_interval: float = 0.1,
         max_pending: int = 50_000,
         max_backoff: float = 5.0,
+        sample: float = 1.0,
+        redactor: Redactor | None = None,
+        max_rows: int = 10_000,
     ) -> None:
         self.store = store
         self.spool = Spool(spool_dir)
@@ -56,8 +101,11 @@ class InferenceLogger:
         self.flush_interval = flush_interval
         self.max_pending = max_pending
         self.max_backoff = max_backoff
+        self.sample = sample
+        self.redactor = redactor
+        self.max_rows = max_rows
         self.stats = LogStats()
-        self._incoming: deque[tuple[float, str, str, str, bytes, bytes | None]] = deque()
+        self._incoming: deque[_Call] = deque()
         self._retry: deque[InferenceRecord] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -66,10 +114,18 @@ class InferenceLogger:
     # ----------------------------------------------------------------- hot path
 
     def submit(
-        self, model: str, version: str, content_type: str, inputs: bytes, answer: bytes | None
+        self,
+        model: str,
+        version: str,
+        content_type: str,
+        inputs: bytes,
+        answer: bytes | None,
+        request_id: str | None = None,
     ) -> None:
         """Queue one call's body and answer. Never blocks, never raises."""
-        self._incoming.append((time.time(), model, version, content_type, inputs, answer))
+        self._incoming.append(
+            (time.time(), model, version, content_type, inputs, answer, request_id)
+        )
         self.stats.submitted += 1
         if not self._wake.is_set():
             self._wake.set()
@@ -97,6 +153,7 @@ class InferenceLogger:
 
     async def _run(self) -> None:
         backoff = self.flush_interval
+        # Partial spool files of an earlier process are dropped; whole ones replayed.
         self._replay_due = bool(await asyncio.to_thread(self.spool.files))
         while True:
             if not self.depth and not self._replay_due:
@@ -126,27 +183,38 @@ class InferenceLogger:
             self.stats.store_up = True
             backoff = self.flush_interval
 
-    def _next_batch(self) -> list[InferenceRecord]:
+    async def _next_batch(self) -> list[InferenceRecord]:
         batch: list[InferenceRecord] = []
         while self._retry and len(batch) < self.batch_size:
             batch.append(self._retry.popleft())
-        while self._incoming and len(batch) < self.batch_size:
-            ts, model, version, content_type, inputs, answer = self._incoming.popleft()
-            batch.append(
-                InferenceRecord(
-                    id=uuid.uuid4().hex,
-                    model=model,
-                    version=version,
-                    ts=ts,
-                    content_type=content_type,
-                    inputs=inputs.decode("utf-8", "replace"),
-                    predictions=answer.decode("utf-8", "replace") if answer is not None else None,
+        calls: list[_Call] = []
+        while self._incoming and len(batch) + len(calls) < self.batch_size:
+            call = self._incoming.popleft()
+            if sampled_in(call[6], self.sample):
+                calls.append(call)
+            else:
+                self.stats.sampled_out += 1
+        if not calls:
+            return batch
+        large = any(may_need_cap(max(len(c[4]), len(c[5] or b"")), self.max_rows) for c in calls)
+        try:
+            if self.redactor is None and not large:
+                records, truncated = _records(calls, None, self.max_rows)
+            else:
+                records, truncated = await asyncio.to_thread(
+                    _records, calls, self.redactor, self.max_rows
                 )
-            )
+            batch.extend(records)
+            self.stats.truncated_rows += truncated
+        except BaseException:
+            # Cancelled while a worker redacted: nothing taken may be lost.
+            self._incoming.extendleft(reversed(calls))
+            self._retry.extendleft(reversed(batch))
+            raise
         return batch
 
     async def _flush(self) -> None:
-        while batch := self._next_batch():
+        while batch := await self._next_batch():
             try:
                 await self.store.insert_records(batch)
             except BaseException:
@@ -161,7 +229,7 @@ class InferenceLogger:
     async def _spill(self) -> None:
         """Move every pending record to the spool file."""
         records: list[InferenceRecord] = []
-        while batch := self._next_batch():
+        while batch := await self._next_batch():
             records.extend(batch)
         if not records:
             return

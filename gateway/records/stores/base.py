@@ -15,6 +15,8 @@ class InferenceRecord:
     `inputs` and `predictions` are the bodies as text (JSON or CSV), or already
     parsed JSON when the store keeps documents; the dataset export reads both.
     `id` makes writes idempotent, so a retried batch never duplicates rows.
+    `request_id` is the call's `X-Request-ID`, by which ground truth arrives later;
+    `ground_truth` is then one true value per input row, set once (`labelled_at`).
     """
 
     id: str
@@ -24,6 +26,9 @@ class InferenceRecord:
     content_type: str
     inputs: Any
     predictions: Any
+    request_id: str | None = None
+    ground_truth: list[Any] | None = None
+    labelled_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -75,9 +80,35 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def iter_records(
-        self, model: str, version: str, start: float | None = None, end: float | None = None
+        self,
+        model: str,
+        version: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        labelled: bool = False,
     ) -> AsyncIterator[InferenceRecord]:
-        """Records of one model version in time order, fetched in chunks."""
+        """Records of one model version in time order, fetched in chunks.
+
+        `labelled` keeps only the calls that have ground truth.
+        """
+
+    @abc.abstractmethod
+    async def find_calls(
+        self, model: str, version: str, request_ids: Sequence[str]
+    ) -> list[InferenceRecord]:
+        """The logged calls of one model version that carry any of these request ids."""
+
+    @abc.abstractmethod
+    async def label_records(self, labels: Sequence[tuple[str, list[Any]]], at: float) -> set[str]:
+        """Set the ground truth of records (by record id) that have none yet.
+
+        Returns the ids labelled now; a record labelled before keeps its first label.
+        """
+
+    @abc.abstractmethod
+    async def purge_before(self, cutoff: float) -> int:
+        """Delete inference records logged before `cutoff` (epoch seconds); how many went."""
 
     @abc.abstractmethod
     async def count_records(self, model: str, version: str) -> int: ...

@@ -3,22 +3,32 @@
 Imported only when `MONGODB_URI` is set, so PyMongo stays optional
 (`pip install modelgw[mongodb]`). Inference records are documents: JSON bodies
 are stored parsed, as the original did, so they can be queried in place.
+Retention is MongoDB's own TTL index on `logged_at` (a date: TTL indexes read
+no numbers), created, changed or dropped at start-up to match the setting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateOne
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot, Store
 
+logger = logging.getLogger(__name__)
+
 _DUPLICATE_KEY = 11000
+# createIndexes refuses an index whose options differ from the existing one's.
+_INDEX_OPTIONS_CONFLICT = (85, 86)
+TTL_INDEX = "logged_at_ttl"
 
 
 class _BeyondInt64(ValueError):
@@ -56,9 +66,23 @@ def _documents(records: Sequence[InferenceRecord]) -> list[dict[str, Any]]:
             "content_type": r.content_type,
             "inputs": _parsed(r.inputs) if "json" in r.content_type else r.inputs,
             "predictions": _parsed(r.predictions),
+            "request_id": r.request_id,
+            "logged_at": datetime.fromtimestamp(r.ts, UTC),
+            **({"ground_truth": r.ground_truth, "labelled_at": r.labelled_at}
+               if r.ground_truth is not None else {}),
         }
         for r in records
-    ]
+    ]  # fmt: skip
+
+
+def _record(doc: dict[str, Any]) -> InferenceRecord:
+    return InferenceRecord(
+        id=str(doc["_id"]), model=doc["model"], version=doc["version"], ts=doc["ts"],
+        content_type=doc.get("content_type", "application/json"),
+        inputs=doc.get("inputs"), predictions=doc.get("predictions"),
+        request_id=doc.get("request_id"), ground_truth=doc.get("ground_truth"),
+        labelled_at=doc.get("labelled_at"),
+    )  # fmt: skip
 
 
 class MongoStore(Store):
@@ -73,7 +97,9 @@ class MongoStore(Store):
         *,
         server_selection_timeout_ms: int = 2000,
         client: AsyncMongoClient[dict[str, Any]] | None = None,
+        retention_s: float | None = None,
     ) -> None:
+        self.retention_s = retention_s
         self._client: AsyncMongoClient[dict[str, Any]] = client or AsyncMongoClient(
             uri, serverSelectionTimeoutMS=server_selection_timeout_ms, tz_aware=True
         )
@@ -87,20 +113,45 @@ class MongoStore(Store):
         # Index creation needs the server; if it is down now, writes retry later
         # and the indexes are made on the next start.
         try:
-            await self.log.create_index(
-                [("model", ASCENDING), ("version", ASCENDING), ("ts", ASCENDING)],
-                name="model_version_ts",
+            await self.log.create_indexes(
+                [
+                    IndexModel(
+                        [("model", ASCENDING), ("version", ASCENDING), ("ts", ASCENDING)],
+                        name="model_version_ts",
+                    ),
+                    IndexModel(
+                        [("model", ASCENDING), ("version", ASCENDING), ("request_id", ASCENDING)],
+                        name="model_version_request_id",
+                    ),
+                ]
             )
+            await self._retention_index()
             await self.snapshots.create_index(
                 [("model", ASCENDING), ("version", ASCENDING), ("name", ASCENDING)],
                 name="model_version_name",
                 unique=True,
             )
         except PyMongoError:
-            import logging
+            logger.warning("MongoDB is unreachable at start-up; records are kept and retried")
 
-            logging.getLogger(__name__).warning(
-                "MongoDB is unreachable at start-up; records are kept and retried"
+    async def _retention_index(self) -> None:
+        """The TTL index as the setting says: made, its expiry changed, or dropped."""
+        if not self.retention_s:
+            try:
+                await self.log.drop_index(TTL_INDEX)
+            except OperationFailure:  # there was none
+                pass
+            return
+        seconds = max(int(self.retention_s), 1)
+        try:
+            await self.log.create_index(
+                [("logged_at", ASCENDING)], name=TTL_INDEX, expireAfterSeconds=seconds
+            )
+        except OperationFailure as exc:
+            if exc.code not in _INDEX_OPTIONS_CONFLICT:
+                raise
+            await self._db.command(
+                "collMod", self.log.name, index={"name": TTL_INDEX, "expireAfterSeconds": seconds}
             )
 
     async def close(self) -> None:
@@ -123,9 +174,17 @@ class MongoStore(Store):
                 raise
 
     async def iter_records(
-        self, model: str, version: str, start: float | None = None, end: float | None = None
+        self,
+        model: str,
+        version: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        labelled: bool = False,
     ) -> AsyncIterator[InferenceRecord]:
         query: dict[str, Any] = {"model": model, "version": version}
+        if labelled:
+            query["ground_truth"] = {"$ne": None}
         if start is not None or end is not None:
             query["ts"] = {}
             if start is not None:
@@ -134,11 +193,40 @@ class MongoStore(Store):
                 query["ts"]["$lt"] = end
         cursor = self.log.find(query, sort=[("ts", ASCENDING)], batch_size=1000)
         async for doc in cursor:
-            yield InferenceRecord(
-                id=str(doc["_id"]), model=doc["model"], version=doc["version"], ts=doc["ts"],
-                content_type=doc.get("content_type", "application/json"),
-                inputs=doc.get("inputs"), predictions=doc.get("predictions"),
-            )  # fmt: skip
+            yield _record(doc)
+
+    async def find_calls(
+        self, model: str, version: str, request_ids: Sequence[str]
+    ) -> list[InferenceRecord]:
+        cursor = self.log.find(
+            {"model": model, "version": version,
+             "request_id": {"$in": list(dict.fromkeys(request_ids))}},
+            sort=[("ts", ASCENDING)],
+        )  # fmt: skip
+        return [_record(doc) async for doc in cursor]
+
+    async def label_records(self, labels: Sequence[tuple[str, list[Any]]], at: float) -> set[str]:
+        if not labels:
+            return set()
+        # Each update matches only a record without ground truth; the token then tells
+        # exactly which records this call labelled, whatever ran at the same time.
+        token = uuid.uuid4().hex
+        result = await self.log.bulk_write(
+            [UpdateOne({"_id": record_id, "ground_truth": None},
+                       {"$set": {"ground_truth": truth, "labelled_at": at, "feedback": token}})
+             for record_id, truth in labels],
+            ordered=False,
+        )  # fmt: skip
+        ids = [record_id for record_id, _ in labels]
+        if result.modified_count == len(set(ids)):
+            return set(ids)
+        cursor = self.log.find({"_id": {"$in": ids}, "feedback": token}, projection={"_id": 1})
+        return {str(doc["_id"]) async for doc in cursor}
+
+    async def purge_before(self, cutoff: float) -> int:
+        """Records older than the TTL index (or written before it existed), now."""
+        result = await self.log.delete_many({"ts": {"$lt": cutoff}})
+        return int(result.deleted_count)
 
     async def count_records(self, model: str, version: str) -> int:
         return await self.log.count_documents({"model": model, "version": version})

@@ -1,4 +1,8 @@
-"""The embedded default store: one SQLite file in WAL mode, through aiosqlite."""
+"""The embedded default store: one SQLite file in WAL mode, through aiosqlite.
+
+Files from before ground truth existed gain its columns in place when opened
+(`ALTER TABLE ... ADD COLUMN` is cheap: old rows read NULL without a rewrite).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -21,7 +26,10 @@ CREATE TABLE IF NOT EXISTS inference_log (
     ts           REAL NOT NULL,
     content_type TEXT NOT NULL,
     inputs       TEXT,
-    predictions  TEXT
+    predictions  TEXT,
+    request_id   TEXT,
+    ground_truth TEXT,
+    labelled_at  REAL
 );
 CREATE INDEX IF NOT EXISTS inference_log_model_ts ON inference_log (model, version, ts);
 CREATE TABLE IF NOT EXISTS baselines (
@@ -40,6 +48,32 @@ CREATE TABLE IF NOT EXISTS reference_data (
     PRIMARY KEY (model, version)
 );
 """
+
+
+# Columns added since the first release, with their types: added to older files on open.
+_ADDED_COLUMNS = {"request_id": "TEXT", "ground_truth": "TEXT", "labelled_at": "REAL"}
+# Made after the migration, since they name added columns.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS inference_log_request ON inference_log (model, version, request_id);
+CREATE INDEX IF NOT EXISTS inference_log_ts ON inference_log (ts);
+"""
+_RECORD_COLUMNS = (
+    "id, model, version, ts, content_type, inputs, predictions, request_id, ground_truth,"
+    " labelled_at"
+)
+# Rows per statement: far below SQLite's bound-variable limit, short enough that the
+# log writer never waits long behind a purge or a labelling batch.
+_CHUNK = 500
+PURGE_BATCH = 5000
+
+
+def _record(row: Sequence[Any]) -> InferenceRecord:
+    truth = row[8]
+    return InferenceRecord(
+        id=row[0], model=row[1], version=row[2], ts=row[3], content_type=row[4],
+        inputs=row[5], predictions=row[6], request_id=row[7],
+        ground_truth=json.loads(truth) if truth is not None else None, labelled_at=row[9],
+    )  # fmt: skip
 
 
 def _text(value: object) -> str | None:
@@ -76,7 +110,16 @@ class SQLiteStore(Store):
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.executescript(_SCHEMA)
+        await self._migrate()
+        await self._db.executescript(_INDEXES)
         await self._db.commit()
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA table_info(inference_log)") as cursor:
+            present = {row[1] for row in await cursor.fetchall()}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                await self.db.execute(f"ALTER TABLE inference_log ADD COLUMN {column} {kind}")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -85,18 +128,18 @@ class SQLiteStore(Store):
 
     async def insert_records(self, records: Sequence[InferenceRecord]) -> None:
         rows = [
-            (r.id, r.model, r.version, r.ts, r.content_type, _text(r.inputs), _text(r.predictions))
+            (r.id, r.model, r.version, r.ts, r.content_type, _text(r.inputs), _text(r.predictions),
+             r.request_id, _text(r.ground_truth), r.labelled_at)
             for r in records
-        ]
+        ]  # fmt: skip
         async with self._write_lock:
             await self._insert(rows)
 
     async def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
         try:
             await self.db.executemany(
-                "INSERT OR IGNORE INTO inference_log"
-                " (id, model, version, ts, content_type, inputs, predictions)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO inference_log ({_RECORD_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             await self.db.commit()
@@ -105,13 +148,18 @@ class SQLiteStore(Store):
             raise
 
     async def iter_records(
-        self, model: str, version: str, start: float | None = None, end: float | None = None
+        self,
+        model: str,
+        version: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        labelled: bool = False,
     ) -> AsyncIterator[InferenceRecord]:
-        sql = (
-            "SELECT id, model, version, ts, content_type, inputs, predictions"
-            " FROM inference_log WHERE model = ? AND version = ?"
-        )
+        sql = f"SELECT {_RECORD_COLUMNS} FROM inference_log WHERE model = ? AND version = ?"
         args: list[object] = [model, version]
+        if labelled:
+            sql += " AND ground_truth IS NOT NULL"
         if start is not None:
             sql += " AND ts >= ?"
             args.append(start)
@@ -125,7 +173,71 @@ class SQLiteStore(Store):
             async with reader.execute(sql, args) as cursor:
                 while rows := await cursor.fetchmany(self._fetch_size):
                     for row in rows:
-                        yield InferenceRecord(*row)
+                        yield _record(row)
+
+    async def find_calls(
+        self, model: str, version: str, request_ids: Sequence[str]
+    ) -> list[InferenceRecord]:
+        found: list[InferenceRecord] = []
+        unique = list(dict.fromkeys(request_ids))
+        for i in range(0, len(unique), _CHUNK):
+            chunk = unique[i : i + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM inference_log"
+                f" WHERE model = ? AND version = ? AND request_id IN ({marks}) ORDER BY ts",
+                (model, version, *chunk),
+            ) as cursor:
+                found.extend(_record(row) for row in await cursor.fetchall())
+        return found
+
+    async def label_records(self, labels: Sequence[tuple[str, list[Any]]], at: float) -> set[str]:
+        done: set[str] = set()
+        for i in range(0, len(labels), _CHUNK):
+            chunk = labels[i : i + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            # Under the write lock this connection is the only writer, so the rows
+            # still unlabelled now are exactly the rows the update below labels.
+            async with self._write_lock:
+                try:
+                    async with self.db.execute(
+                        f"SELECT id FROM inference_log WHERE id IN ({marks})"
+                        " AND ground_truth IS NULL",
+                        [record_id for record_id, _ in chunk],
+                    ) as cursor:
+                        open_ids = {row[0] for row in await cursor.fetchall()}
+                    await self.db.executemany(
+                        "UPDATE inference_log SET ground_truth = ?, labelled_at = ?"
+                        " WHERE id = ? AND ground_truth IS NULL",
+                        [(json.dumps(truth), at, record_id) for record_id, truth in chunk
+                         if record_id in open_ids],
+                    )  # fmt: skip
+                    await self.db.commit()
+                except BaseException:
+                    await self.db.rollback()
+                    raise
+            done |= open_ids
+        return done
+
+    async def purge_before(self, cutoff: float) -> int:
+        """Delete in batches, each its own short transaction: the log writer goes between."""
+        deleted = 0
+        while True:
+            async with self._write_lock:
+                try:
+                    cursor = await self.db.execute(
+                        "DELETE FROM inference_log WHERE rowid IN"
+                        " (SELECT rowid FROM inference_log WHERE ts < ? LIMIT ?)",
+                        (cutoff, PURGE_BATCH),
+                    )
+                    await self.db.commit()
+                except BaseException:
+                    await self.db.rollback()
+                    raise
+            deleted += cursor.rowcount
+            if cursor.rowcount < PURGE_BATCH:
+                return deleted
+            await asyncio.sleep(0)
 
     async def count_records(self, model: str, version: str) -> int:
         async with self.db.execute(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
+import time
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +96,9 @@ def test_every_input_format_is_logged_and_exported(gw: Gateway, wine: pd.DataFra
     assert len(exported) == 25
     expected = pd.concat(batches, ignore_index=True)
     features = list(wine.columns)
-    assert list(exported.columns) == [*features, "prediction", "timestamp"]
+    assert list(exported.columns) == [*features, "prediction", "ground_truth", "request_id",
+                                      "timestamp"]  # fmt: skip
+    assert exported["ground_truth"].isna().all() and exported["request_id"].notna().all()
     np.testing.assert_allclose(exported[features].to_numpy(), expected.to_numpy())
     np.testing.assert_array_equal(exported["prediction"], local.predict(expected))
     assert pd.to_datetime(exported["timestamp"]).notna().all()
@@ -105,6 +110,13 @@ def test_every_input_format_is_logged_and_exported(gw: Gateway, wine: pd.DataFra
 def test_dataset_date_filters(gw: Gateway) -> None:
     assert len(_dataset(gw, V1, "?start_date=2000-01-01&end_date=2000-01-31")) == 0
     assert len(_dataset(gw, V1, "?start_date=2000-01-01")) == _logged_rows(gw, V1)
+
+
+@pytest.mark.parametrize("path", ["dataset", "metrics/live"])
+def test_the_last_date_there_is_ends_nothing(gw: Gateway, path: str) -> None:
+    """9999-12-31 is a valid end date: its day after is not, and must not be a 500."""
+    reply = gw.get(f"/model/{V1}/{path}?start_date=0001-01-01&end_date=9999-12-31")
+    assert reply.status == 200, reply.body
 
 
 @pytest.mark.parametrize(
@@ -256,10 +268,22 @@ def test_report_flags_the_shifted_features_and_only_those(
     assert "plots/feature_alcohol.png" in names
     drift_rows = json.loads(archive.read("drift.json"))
     alcohol = next(r for r in drift_rows if r["feature"] == "alcohol" and r["window"] == "all_time")
-    assert alcohol["psi"] >= 0.2 and alcohol["ks_pvalue"] < 0.05
+    assert alcohol["method"] == "ks" and alcohol["p_adjusted"] < 0.05 and alcohol["psi"] >= 0.2
+    assert "Kolmogorov-Smirnov" in alcohol["rule"] and alcohol["threshold"] == 0.05
+    assert summary["dataset_drift"]["all_time"]["n_drifted"] == 2
+    assert summary["dataset_drift"]["all_time"]["drifted"] is False  # 2 of 13 features
     page = archive.read("report.html").decode()
     assert page.index("Summary") < page.index("Drift by feature")
-    assert "PSI &ge; 0.2" in page
+    assert "Kolmogorov-Smirnov test, p &lt; 0.05" in page and "Benjamini-Hochberg" in page
+
+    # The same page, for a browser.
+    served = gw.get(f"/model/{V2}/report")
+    assert served.status == 200 and served.headers["content-type"] == "text/html; charset=utf-8"
+
+    def body(html: str) -> str:  # minus the time it was generated
+        return re.sub(r"<p>Generated [^<]*</p>", "", html)
+
+    assert body(served.body.decode()) == body(page)
 
 
 def test_report_with_feedback_shows_metric_decline(gw: Gateway, wine: pd.DataFrame) -> None:
@@ -307,6 +331,8 @@ def test_report_without_data_says_what_is_missing(gw: Gateway, wine: pd.DataFram
         "new_metrics_file_name",
         "degradation_report",
         "degradation_report?format=json",
+        "report",
+        "metrics/live",
     ],
 )
 def test_data_of_a_key_that_never_existed_is_404(
@@ -444,3 +470,117 @@ def test_two_classes_of_a_three_class_model_are_scored_as_multi_class(
     ):
         expected = fn(truth, predicted, average="weighted", zero_division=0)
         assert snapshot["metrics"][name] == pytest.approx(expected), name
+
+
+# ------------------------------------------------------------ ground truth by id
+
+
+def _late_calls(gw: Gateway, wine: pd.DataFrame, prefix: str) -> dict[str, list[int]]:
+    """Eight calls of five rows, each with its own request id; predictions by id."""
+    rows = wine.sample(40, random_state=11)
+    answers = {}
+    for i in range(8):
+        chunk = rows.iloc[i * 5 : i * 5 + 5]
+        rid = f"{prefix}-{i}"
+        reply = gw.post(f"/{V1}", json_body={"dataframe_records": chunk.to_dict(orient="records")},
+                        headers={"X-Request-ID": rid})  # fmt: skip
+        assert reply.status == 200 and reply.headers["x-request-id"] == rid
+        answers[rid] = reply.json()["predictions"]
+    return answers
+
+
+def _age(gw: Gateway, prefix: str, seconds: float) -> None:
+    """Move the calls of `prefix` into the past, as if they had been made then."""
+    with sqlite3.connect(Path(gw.data_dir) / "inference.db", timeout=30) as db:
+        db.execute("UPDATE inference_log SET ts = ts - ? WHERE request_id LIKE ?",
+                   (seconds, f"{prefix}-%"))  # fmt: skip
+    db.close()
+
+
+def test_feedback_days_later_gives_scikit_learns_metrics(gw: Gateway, wine: pd.DataFrame) -> None:
+    answers = _late_calls(gw, wine, "late")
+    wait_until(lambda: len(gw.get(f"/model/{V1}/dataset?format=jsonl").body.splitlines())
+               >= _logged_rows(gw, V1) and all(
+                   rid in gw.get(f"/model/{V1}/dataset").body.decode() for rid in answers),
+               20, what="the calls to be logged")  # fmt: skip
+    _age(gw, "late", 3 * 86_400)
+    # The truth arrives three days later: mostly the predictions, a few of them wrong.
+    truth = {rid: [(p + 1) % 3 if i == 0 else p for i, p in enumerate(preds)]
+             for rid, preds in answers.items()}  # fmt: skip
+    ids = list(truth)
+    as_json = [{"request_id": rid, "result": truth[rid]} for rid in ids[:4]]
+    reply = gw.post(f"/model/{V1}/feedback", json_body=as_json)
+    assert reply.status == 200, reply.body
+    assert (reply.json()["matched"], reply.json()["labelled_rows"]) == (4, 20)
+    as_csv = "request_id,result\n" + "".join(f"{rid},{v}\n" for rid in ids[4:] for v in truth[rid])
+    reply = gw.post(f"/model/{V1}/feedback", body=as_csv.encode(),
+                    headers={"Content-Type": "text/csv"})  # fmt: skip
+    assert reply.status == 200, reply.body
+    assert reply.json()["matched"] == 4
+
+    day = datetime.fromtimestamp(time.time() - 3 * 86_400, UTC).date()
+    period = f"start_date={day - timedelta(days=1)}&end_date={day + timedelta(days=1)}"
+    live = gw.get(f"/model/{V1}/metrics/live?{period}")
+    assert live.status == 200, live.body
+    body = live.json()
+    y_true = [v for rid in ids for v in truth[rid]]
+    y_pred = [v for rid in ids for v in answers[rid]]
+    assert body["n_calls"] == 8 and body["n_samples"] == 40 and body["skipped"] == {}
+    assert body["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    for name, fn in (("f1_score", skm.f1_score), ("precision", skm.precision_score),
+                     ("recall", skm.recall_score)):  # fmt: skip
+        expected = fn(y_true, y_pred, average="weighted", zero_division=0)
+        assert body["metrics"][name] == pytest.approx(expected), name
+    assert set(body["baseline"]) == set(body["metrics"])
+
+    # Today holds none of them; the export shows the truth beside each prediction.
+    today = gw.get(f"/model/{V1}/metrics/live?start_date={date.today() + timedelta(days=1)}").json()
+    assert today["n_samples"] == 0 and today["metrics"] == {}
+    exported = _dataset(gw, V1)
+    labelled = exported[exported["request_id"].isin(ids)]
+    assert labelled.sort_values(["request_id", "timestamp"])["ground_truth"].notna().all()
+    assert sorted(labelled["ground_truth"].astype(int)) == sorted(y_true)
+
+
+def test_feedback_reports_unknown_duplicate_and_already_labelled_ids(
+    gw: Gateway, wine: pd.DataFrame
+) -> None:
+    answers = _late_calls(gw, wine, "dup")
+    wait_until(lambda: all(rid in gw.get(f"/model/{V1}/dataset").body.decode() for rid in answers),
+               20, what="the calls to be logged")  # fmt: skip
+    first, second = list(answers)[:2]
+    items = [{"request_id": first, "result": answers[first]},
+             {"request_id": first, "result": answers[first]},
+             {"request_id": "never-sent", "result": 1},
+             {"request_id": second, "result": [1]}]  # fmt: skip
+    answer = gw.post(f"/model/{V1}/feedback", json_body=items).json()
+    assert {k: answer[k] for k in ("received", "matched", "unknown", "duplicate", "rejected",
+                                   "already_labelled")} == {
+        "received": 4, "matched": 1, "unknown": 1, "duplicate": 1, "rejected": 1,
+        "already_labelled": 0}  # fmt: skip
+    assert answer["unknown_ids"] == ["never-sent"] and answer["duplicate_ids"] == [first]
+    assert answer["rejected_ids"][0]["request_id"] == second
+    again = gw.post(f"/model/{V1}/feedback", json_body=items[:1]).json()
+    assert again["matched"] == 0 and again["already_labelled_ids"] == [first]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "error"),
+    [
+        (b"[1]", "application/json", 400, "bad_request"),
+        (b"not json", "application/json", 400, "bad_request"),
+        (b"a,b\n1,2\n", "text/csv", 400, "bad_request"),
+        (b"request_id,result", "text/plain", 415, "unsupported_media_type"),
+    ],
+)
+def test_feedback_mistakes_are_4xx(
+    gw: Gateway, body: bytes, content_type: str, status: int, error: str
+) -> None:
+    reply = gw.post(f"/model/{V1}/feedback", body=body, headers={"Content-Type": content_type})
+    assert reply.status == status, reply.body
+    assert reply.json()["error"] == error
+
+
+def test_feedback_for_a_key_that_never_existed_is_404(gw: Gateway) -> None:
+    reply = gw.post("/model/never-model-1/feedback", json_body=[{"request_id": "a", "result": 1}])
+    assert reply.status == 404 and reply.json()["error"] == "model_not_found"

@@ -51,12 +51,13 @@ def test_drift_statistics() -> None:
     same = drift.feature_drift(ref, ref.copy(), "x", "all_time")
     assert same.drifted is False and same.psi == pytest.approx(0, abs=1e-9)
     moved = drift.feature_drift(ref, ref + 2, "x", "all_time")
-    assert moved.drifted and moved.psi >= 0.2 and moved.ks_pvalue < 0.05
+    assert moved.drifted and moved.psi >= 0.2 and moved.method == "ks" and moved.p_value < 0.05
     few = drift.feature_drift(ref, ref.head(3), "x", "all_time")
     assert few.drifted is None and "fewer than" in few.note
     cats = pd.Series(["a"] * 50 + ["b"] * 50)
     cat_moved = drift.feature_drift(cats, pd.Series(["a"] * 90 + ["b"] * 10), "c", "all_time")
-    assert cat_moved.kind == "categorical" and cat_moved.drifted and cat_moved.chi2_pvalue < 0.05
+    assert cat_moved.kind == "categorical" and cat_moved.drifted and cat_moved.method == "chi2"
+    assert cat_moved.p_value is not None and cat_moved.p_value < 0.05
 
 
 def test_windows_only_see_their_own_rows() -> None:
@@ -76,12 +77,14 @@ def test_report_zip_contents() -> None:
                         '{"predictions": [1]}')
         for i in range(20)
     ]  # fmt: skip
-    archive, summary = build_report(ReportInput(
+    report = build_report(ReportInput(
         key="m-1", reference_csv=reference.to_csv(index=False).encode(), records=records,
         baseline=Baseline({"accuracy": 0.9, "rmse": 1.0}, "run", 0.0),
         snapshots=[MetricsSnapshot("s1.json", 1100.0, {"accuracy": 0.6, "rmse": 1.01})],
         now=1100.0,
     ))  # fmt: skip
+    summary, archive = report.summary, report.archive
+    assert archive is not None
     assert summary["drifted_features"]["all_time"] == ["x", "kind"]
     assert summary["degraded_metrics"] == ["accuracy"]  # rmse within 5%
     files = zipfile.ZipFile(io.BytesIO(archive))
@@ -90,6 +93,7 @@ def test_report_zip_contents() -> None:
         -1 / 3
     )
     assert "plots/metrics.png" in files.namelist()
+    assert files.read("report.html").decode() == report.html
 
 
 THREE = [0, 1, 2]

@@ -14,8 +14,11 @@ from gateway.records.rows import (
     csv_line,
     input_rows,
     jsonl_chunk,
+    labelled_pairs,
+    ordered_columns,
     prediction_values,
     record_rows,
+    row_count,
 )
 from gateway.records.stores.base import InferenceRecord
 
@@ -79,7 +82,21 @@ def test_record_rows_pairs_inputs_with_predictions() -> None:
                              '{"predictions": [{"label": 1, "p": 0.7}, {"label": 0, "p": 0.6}]}')  # fmt: skip
     rows = list(record_rows(record))
     assert rows[0] == {"a": 1.0, "b": "x", "prediction_label": 1, "prediction_p": 0.7,
+                       "ground_truth": None, "request_id": None,
                        "timestamp": "1970-01-01T00:00:00+00:00"}  # fmt: skip
+
+
+def test_rows_carry_their_calls_ground_truth_and_request_id() -> None:
+    record = InferenceRecord("i", "m", "1", 0.0, "application/json",
+                             json.dumps({"dataframe_records": ROWS}), '{"predictions": [1, 0]}',
+                             request_id="req-7", ground_truth=[1, 1])  # fmt: skip
+    rows = list(record_rows(record))
+    assert [(r["prediction"], r["ground_truth"], r["request_id"]) for r in rows] == [
+        (1, 1, "req-7"), (0, 1, "req-7")]  # fmt: skip
+    assert labelled_pairs([record]) == ([1, 1], [1, 0])
+    assert row_count(record) == 2
+    columns = ordered_columns(columns_of([record]))
+    assert columns[-3:] == ["ground_truth", "request_id", "timestamp"]
 
 
 # Floats whose shortest exact text has 17 significant digits, or that sit at the

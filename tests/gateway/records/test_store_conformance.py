@@ -119,3 +119,83 @@ async def test_has_records(store: Store) -> None:
     await store.insert_records([record(1, version="2")])
     assert await store.has_records("m", "1") is False
     assert await store.has_records("m", "2") is True
+
+
+def call(i: int, request_id: str, rows: int = 1, ts: float | None = None) -> InferenceRecord:
+    return InferenceRecord(
+        id=f"c{i}", model="m", version="1", ts=ts if ts is not None else float(i),
+        content_type="application/json",
+        inputs=json.dumps({"instances": [[r] for r in range(rows)]}),
+        predictions=json.dumps({"predictions": list(range(rows))}), request_id=request_id,
+    )  # fmt: skip
+
+
+async def test_ground_truth_is_set_once_by_record_and_found_by_request_id(store: Store) -> None:
+    await store.insert_records([call(1, "a"), call(2, "b", rows=2), call(3, "c")])
+    found = await store.find_calls("m", "1", ["b", "a", "zz", "a"])
+    assert sorted(r.request_id or "" for r in found) == ["a", "b"]
+    assert all(r.ground_truth is None for r in found)
+    assert await store.find_calls("m", "2", ["a"]) == []
+
+    assert await store.label_records([("c1", [1]), ("c2", [0, 1])], at=50.0) == {"c1", "c2"}
+    # A second label for the same call is refused: the first one stays.
+    assert await store.label_records([("c1", [0]), ("c3", ["x"])], at=60.0) == {"c3"}
+    labelled = [r async for r in store.iter_records("m", "1", labelled=True)]
+    assert [(r.id, r.ground_truth, r.labelled_at) for r in labelled] == [
+        ("c1", [1], 50.0), ("c2", [0, 1], 50.0), ("c3", ["x"], 60.0)]  # fmt: skip
+    assert [r.request_id for r in labelled] == ["a", "b", "c"]
+    exported = [row for r in labelled for row in record_rows(r)]
+    assert [row["ground_truth"] for row in exported] == [1, 0, 1, "x"]
+
+
+async def test_labelled_iteration_respects_the_period(store: Store) -> None:
+    await store.insert_records([call(1, "a", ts=10.0), call(2, "b", ts=20.0), call(3, "c")])
+    await store.label_records([("c1", [1]), ("c2", [1])], at=99.0)
+    ranged = [r.id async for r in store.iter_records("m", "1", 15.0, 25.0, labelled=True)]
+    assert ranged == ["c2"]
+
+
+async def test_purge_deletes_exactly_the_older_records(store: Store) -> None:
+    from gateway.records.stores import sqlite
+
+    many = sqlite.PURGE_BATCH + 7  # more than one batch
+    old = [record(i, ts=1000.0 + i / many) for i in range(many)]
+    new = [record(many + i, ts=2000.0 + i) for i in range(5)]
+    await store.insert_records(old + new)
+    assert await store.purge_before(2000.0) == many
+    left = [r.id async for r in store.iter_records("m", "1")]
+    assert left == [r.id for r in new]
+    assert await store.purge_before(2000.0) == 0
+
+
+async def test_an_inference_db_from_before_ground_truth_is_migrated_in_place(
+    tmp_path: Path,
+) -> None:
+    """Files written by earlier releases gain the new columns; their rows stay as they were."""
+    import sqlite3
+
+    from gateway.records.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "inference.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE inference_log (id TEXT PRIMARY KEY, model TEXT NOT NULL,"
+            " version TEXT NOT NULL, ts REAL NOT NULL, content_type TEXT NOT NULL,"
+            " inputs TEXT, predictions TEXT)"
+        )
+        db.execute("INSERT INTO inference_log VALUES ('old', 'm', '1', 5.0, 'application/json',"
+                   " '{\"instances\": [[1]]}', '{\"predictions\": [7]}')")  # fmt: skip
+    db.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        [old] = [r async for r in store.iter_records("m", "1")]
+        assert old.id == "old" and old.request_id is None and old.ground_truth is None
+        await store.insert_records([call(1, "new-id")])
+        assert [r.id for r in await store.find_calls("m", "1", ["new-id"])] == ["c1"]
+        assert await store.label_records([("old", [7])], at=9.0) == {"old"}
+    finally:
+        await store.close()
+    again = SQLiteStore(path)  # a second open finds nothing left to migrate
+    await again.open()
+    await again.close()

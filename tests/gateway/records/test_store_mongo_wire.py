@@ -96,13 +96,129 @@ async def test_open_creates_the_indexes(server, store) -> None:
     first = await receive(server)
     assert first.command_name == "createIndexes"
     assert first["createIndexes"] == "inference_log"
-    assert dict(first["indexes"][0]["key"]) == {"model": 1, "version": 1, "ts": 1}
+    keys = [dict(index["key"]) for index in first["indexes"]]
+    assert keys == [{"model": 1, "version": 1, "ts": 1},
+                    {"model": 1, "version": 1, "request_id": 1}]  # fmt: skip
     first.ok()
+    # No retention set: a TTL index left by an earlier setting is dropped (if any).
+    ttl = await receive(server)
+    assert ttl.command_name == "dropIndexes" and ttl["index"] == "logged_at_ttl"
+    ttl.command_err(code=27, errmsg="index not found with name [logged_at_ttl]")
     second = await receive(server)
     assert second["createIndexes"] == "metric_snapshots"
     assert second["indexes"][0]["unique"] is True
     second.ok()
     await task
+
+
+async def _open_with_retention(server: MockupDB, days: float, conflict: bool) -> Any:
+    store = MongoStore(server.uri, "mlflow", server_selection_timeout_ms=3000,
+                       retention_s=days * 86_400)  # fmt: skip
+    task = asyncio.create_task(store.open())
+    (await receive(server)).ok()  # the query indexes
+    ttl = await receive(server)
+    assert ttl.command_name == "createIndexes"
+    [index] = ttl["indexes"]
+    assert dict(index["key"]) == {"logged_at": 1} and index["name"] == "logged_at_ttl"
+    assert index["expireAfterSeconds"] == int(days * 86_400)
+    changed = None
+    if conflict:
+        ttl.command_err(code=85, errmsg="An equivalent index already exists with different options")
+        changed = await receive(server)
+        changed.ok()
+    else:
+        ttl.ok()
+    (await receive(server)).ok()  # metric_snapshots
+    await task
+    await store.close()
+    return changed
+
+
+async def test_retention_is_a_ttl_index_on_the_logged_date(server) -> None:
+    assert await _open_with_retention(server, 30, conflict=False) is None
+
+
+async def test_a_changed_retention_changes_the_ttl_index_in_place(server) -> None:
+    changed = await _open_with_retention(server, 7, conflict=True)
+    assert changed.command_name == "collMod" and changed["collMod"] == "inference_log"
+    assert dict(changed["index"]) == {"name": "logged_at_ttl", "expireAfterSeconds": 7 * 86_400}
+
+
+async def test_documents_carry_the_request_id_and_a_date_for_the_ttl(server, store) -> None:
+    from datetime import UTC, datetime
+
+    record = InferenceRecord("d", "m", "1", 1_700_000_000.0, "application/json",
+                             '{"instances": [[1]]}', '{"predictions": [1]}', request_id="rq-1")  # fmt: skip
+    task = asyncio.create_task(store.insert_records([record]))
+    request = await receive(server)
+    [doc] = request.docs[0]["documents"]
+    assert doc["request_id"] == "rq-1" and "ground_truth" not in doc
+    logged = doc["logged_at"]
+    assert logged.replace(tzinfo=UTC) == datetime.fromtimestamp(1_700_000_000.0, UTC)
+    request.ok(n=1)
+    await task
+
+
+async def test_labels_are_conditional_updates_of_unlabelled_records(server, store) -> None:
+    task = asyncio.create_task(store.label_records([("a", [1]), ("b", [0, 1])], at=5.0))
+    request = await receive(server)
+    assert request.command_name == "update"
+    updates = request.docs[0]["updates"]
+    assert [dict(u["q"]) for u in updates] == [{"_id": "a", "ground_truth": None},
+                                              {"_id": "b", "ground_truth": None}]  # fmt: skip
+    assert updates[1]["u"]["$set"]["ground_truth"] == [0, 1]
+    request.ok(n=2, nModified=1)  # one was labelled meanwhile: ask which are ours
+    check = await receive(server)
+    assert check.command_name == "find" and dict(check["filter"])["_id"] == {"$in": ["a", "b"]}
+    token = updates[0]["u"]["$set"]["feedback"]
+    assert dict(check["filter"])["feedback"] == token
+    check.reply({"cursor": {"id": 0, "ns": "mlflow.inference_log", "firstBatch": [{"_id": "b"}]},
+                 "ok": 1})  # fmt: skip
+    assert await task == {"b"}
+
+
+async def test_find_calls_and_purge_are_one_command_each(server, store) -> None:
+    task = asyncio.create_task(store.find_calls("m", "1", ["x", "y", "x"]))
+    find = await receive(server)
+    assert dict(find["filter"]) == {"model": "m", "version": "1",
+                                    "request_id": {"$in": ["x", "y"]}}  # fmt: skip
+    find.reply({"cursor": {"id": 0, "ns": "mlflow.inference_log", "firstBatch": []}, "ok": 1})
+    assert await task == []
+    purge = asyncio.create_task(store.purge_before(100.0))
+    delete = await receive(server)
+    assert delete.command_name == "delete"
+    assert dict(delete.docs[0]["deletes"][0]["q"]) == {"ts": {"$lt": 100.0}}
+    delete.ok(n=3)
+    assert await purge == 3
+
+
+async def test_redacted_fields_never_reach_the_documents(server, store, tmp_path) -> None:
+    """Through the log writer, as the gateway writes: the insert carries no redacted value."""
+    from gateway.records.privacy import Redactor
+    from gateway.records.writer import InferenceLogger
+
+    redactor = Redactor({"ssn": "drop", "email": "hash"}, b"k" * 32)
+    log = InferenceLogger(store, tmp_path / "spool", flush_interval=0.01, redactor=redactor)
+    log.start()
+    body = {
+        "dataframe_split": {
+            "columns": ["ssn", "email", "age"],
+            "data": [["123-45-6789", "a@b.c", 41]],
+        }
+    }
+    log.submit("m", "1", "application/json", json.dumps(body).encode(), b'{"predictions": [1]}',
+               request_id="r-1")  # fmt: skip
+    request = await receive(server)
+    [doc] = request.docs[0]["documents"]
+    assert doc["inputs"] == {"dataframe_split": {"columns": ["email", "age"],
+                                                 "data": [[redactor.hash("a@b.c"), 41]]}}  # fmt: skip
+    assert "123-45-6789" not in repr(doc) and "a@b.c" not in repr(doc)
+    request.ok(n=1)
+    for _ in range(1000):  # the reply is in before the writer stops
+        if log.stats.written:
+            break
+        await asyncio.sleep(0.01)
+    await log.close()
 
 
 EXACT = [-0.044641636506989144, 0.05068011873981862, 0.1 + 0.2, 5e-324, -0.0]

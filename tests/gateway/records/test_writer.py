@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from gateway.records.privacy import Redactor, sampled_in
 from gateway.records.spool import Spool
 from gateway.records.stores.base import Baseline, InferenceRecord, MetricsSnapshot, Store
 from gateway.records.writer import InferenceLogger
@@ -33,10 +34,19 @@ class FlakyStore(Store):
             self.rows[r.id] = r
 
     async def iter_records(
-        self, model, version, start=None, end=None
+        self, model, version, start=None, end=None, *, labelled=False
     ) -> AsyncIterator[InferenceRecord]:  # type: ignore[no-untyped-def]
         for r in sorted(self.rows.values(), key=lambda r: r.ts):
             yield r
+
+    async def find_calls(self, model, version, request_ids) -> list[InferenceRecord]:  # type: ignore[no-untyped-def]
+        return [r for r in self.rows.values() if r.request_id in set(request_ids)]
+
+    async def label_records(self, labels, at) -> set[str]:  # type: ignore[no-untyped-def]
+        return set()
+
+    async def purge_before(self, cutoff: float) -> int:
+        return 0
 
     async def count_records(self, model: str, version: str) -> int:
         return len(self.rows)
@@ -183,3 +193,40 @@ def test_the_spool_keeps_floats_exact(tmp_path: Path) -> None:
     back = spool.read(spool.write([parsed, text]))
     assert [repr(v) for v in back[0].inputs["inputs"]] == [repr(v) for v in exact]
     assert back[1].inputs == text.inputs
+
+
+async def test_sampling_keeps_the_calls_whose_ids_hash_in(tmp_path: Path) -> None:
+    store = FlakyStore()
+    log = InferenceLogger(store, tmp_path / "spool", flush_interval=0.01, sample=0.3)
+    log.start()
+    ids = [f"call-{i}" for i in range(400)]
+    for rid in ids:
+        log.submit("m", "1", "application/json", b'{"instances": [[1]]}', b"[1]", request_id=rid)
+    kept = {rid for rid in ids if sampled_in(rid, 0.3)}
+    await eventually(lambda: len(store.rows) == len(kept))
+    await log.close()
+    assert {r.request_id for r in store.rows.values()} == kept
+    assert log.stats.sampled_out == len(ids) - len(kept)
+    assert 0.2 < len(kept) / len(ids) < 0.4  # a fraction near 0.3, the same on every run
+
+
+async def test_redaction_happens_before_the_store_and_the_spool(tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.down = True
+    redactor = Redactor({"ssn": "drop", "email": "hash"}, b"k" * 32)
+    log = InferenceLogger(store, tmp_path / "spool", flush_interval=0.01, max_pending=1,
+                          max_backoff=0.05, redactor=redactor)  # fmt: skip
+    log.start()
+    body = json.dumps({"dataframe_records": [{"ssn": "123-45-6789", "email": "a@b.c", "x": 1}]})
+    log.submit("m", "1", "application/json", body.encode(), b"[1]", request_id="r1")
+    log.submit("m", "1", "application/json", body.encode(), b"[1]", request_id="r2")
+    await eventually(lambda: log.stats.spooled > 0)
+    spooled = "".join(f.read_text() for f in (tmp_path / "spool").glob("spool-*.jsonl"))
+    assert "123-45-6789" not in spooled and "a@b.c" not in spooled and "ssn" not in spooled
+    store.down = False
+    await eventually(lambda: len(store.rows) == 2)
+    await log.close()
+    for record in store.rows.values():
+        assert json.loads(record.inputs) == {
+            "dataframe_records": [{"email": redactor.hash("a@b.c"), "x": 1}]
+        }
