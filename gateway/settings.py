@@ -142,10 +142,6 @@ class Settings(BaseSettings):
     report_max_calls: int = Field(200_000, ge=1, validation_alias=_env("GATEWAY_REPORT_MAX_CALLS"))
     """Most recent logged calls a degradation report (and each monitoring pass) reads."""
 
-    report_max_mb: float = Field(32.0, gt=0, validation_alias=_env("GATEWAY_REPORT_MAX_MB"))
-    """Logged text (inputs and predictions, MiB) a report or live-metrics call reads at
-    most, newest calls first: bounds its memory however large the calls were."""
-
     log_sample: float = Field(1.0, ge=0, le=1, validation_alias=_env("GATEWAY_LOG_SAMPLE"))
     """Fraction of inference calls logged, chosen by a hash of the request id (not at
     random), so ground truth sent later by id always finds a kept call."""
