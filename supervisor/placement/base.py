@@ -58,6 +58,9 @@ class Placement(abc.ABC):
     """Runs backends for deployment replicas somewhere."""
 
     name: str
+    outlives_gateway: bool = False
+    """Whether its backends keep running when the gateway stops, for the next boot
+    to `attach` to; the manager's close then leaves them running."""
 
     @abc.abstractmethod
     async def reserve(self, record: DeploymentRecord, replicas: Sequence[int]) -> None:

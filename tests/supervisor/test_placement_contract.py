@@ -1,9 +1,10 @@
 """The placement contract (supervisor/placement/base.py), one suite for every placement.
 
-Each implementation is a `Subject` factory in IMPLEMENTATIONS. A new placement
-(say Ray) adds its own: a placement whose backends run the fake backend's
-behaviour for `record(key, mode)` (ready | exit | stubborn), a way to kill a
-backend from outside, and the placement a restarted gateway would build.
+Each implementation is a `Subject` factory in IMPLEMENTATIONS: a placement whose
+backends run the fake backend's behaviour for `record(key, mode)` (ready | exit |
+stubborn), a way to kill a backend from outside, and the placement a restarted
+gateway would build. The Ray subject needs the session's test cluster, so it runs
+only inside a private network namespace (`make test`'s cluster step).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import aiohttp
 import pytest
 
 from supervisor.errors import BackendStartError
+from supervisor.manager import Manager, SupervisorConfig
 from supervisor.placement.base import BackendHandle, Placement
 from supervisor.placement.local import LocalPlacement
 from supervisor.process import Command
 from supervisor.state_store import DeploymentRecord, StateStore
+from tests.cluster.harness import needs_private_netns
+from tests.supervisor.fakes import FakePlacement, ping_server
 from tests.support import REPO, free_port_range
 
 FAKE = str(REPO / "tests" / "fake_backend.py")
@@ -82,10 +86,52 @@ async def local_subject(tmp_path: Path) -> AsyncIterator[Subject]:
         await store.close()
 
 
-IMPLEMENTATIONS: list[Callable[[Path], AbstractAsyncContextManager[Subject]]] = [local_subject]
+@asynccontextmanager
+async def ray_subject(tmp_path: Path) -> AsyncIterator[Subject]:
+    """Detached actors on the session's Ray cluster (tests/cluster/harness.py)."""
+    from supervisor.placement.ray import RayHandle, RayPlacement
+    from tests.cluster.harness import kill_namespace, shared_cluster
+    from tests.cluster.remote import fake_command as on_node
+
+    cluster = shared_cluster()  # the first call starts it: Ray wants the main thread
+    store = await StateStore.open(tmp_path / "state.db")
+    namespace = f"contract-{tmp_path.name}"
+    placements: list[RayPlacement] = []
+
+    def build() -> RayPlacement:
+        placement = RayPlacement(on_node, cluster.address, namespace=namespace,
+                                 stop_timeout=2.0, schedule_timeout=WAIT)  # fmt: skip
+        placements.append(placement)
+        return placement
+
+    async def kill(handle: BackendHandle) -> None:
+        # The test cluster's nodes are processes of this machine: crash the backend.
+        assert isinstance(handle, RayHandle) and handle.child_pid is not None
+        os.kill(handle.child_pid, signal.SIGKILL)
+
+    async def restart() -> Placement:
+        return build()
+
+    try:
+        yield Subject(build(), store, reattaches=True, kill=kill, restart=restart)
+    finally:
+        for placement in placements:
+            await placement.close()
+        await asyncio.to_thread(kill_namespace, namespace)
+        await store.close()
 
 
-@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda f: f.__name__.removesuffix("_subject"))
+IMPLEMENTATIONS: list[Callable[[Path], AbstractAsyncContextManager[Subject]]] = [
+    local_subject,
+    ray_subject,
+]
+_MARKS = {ray_subject: needs_private_netns}
+
+
+@pytest.fixture(
+    params=[pytest.param(f, marks=_MARKS.get(f, [])) for f in IMPLEMENTATIONS],
+    ids=lambda f: f.__name__.removesuffix("_subject"),
+)
 async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     async with request.param(tmp_path) as subject:
         yield subject
@@ -239,3 +285,27 @@ async def test_sweep_stops_what_is_not_wanted(
     kept = handles[("m-1", 0)]
     assert kept.alive and await answers(http, kept)
     await kept.stop(2.0)
+
+
+# ------------------------------------------------- backends that outlive the gateway
+
+
+@pytest.mark.parametrize("outlives", [False, True])
+async def test_manager_close_leaves_running_what_outlives_the_gateway(
+    tmp_path: Path, outlives: bool
+) -> None:
+    """A placement whose backends outlive the gateway (Ray) keeps them serving through
+    a graceful gateway stop; the state file still names them for the next boot."""
+    store = await StateStore.open(tmp_path / "state.db")
+    async with ping_server() as port, aiohttp.ClientSession() as session:
+        placement = FakePlacement(port)
+        placement.outlives_gateway = outlives
+        manager = Manager(store, placement, SupervisorConfig(deploy_timeout=WAIT), session)
+        await manager.deploy(DeploymentRecord("m-1", "m", "1"), replicas=2)
+        started = list(placement.started)
+        await manager.close()
+    [(_, rows)] = await store.load()
+    await store.close()
+    assert [h.alive for h in started] == [outlives, outlives]
+    assert [h.stops for h in started] == [0 if outlives else 1] * 2
+    assert [row.ref for row in rows] == [h.ref for h in started]
