@@ -101,6 +101,20 @@ class Settings(BaseSettings):
     """How local backends start: `lean` runs MLflow's scoring server directly (one
     process, faster start); `mlflow` runs `mlflow models serve`."""
 
+    placement: Literal["local", "ray"] = Field("local", validation_alias=_env("GATEWAY_PLACEMENT"))
+    """Where backends run: `local` child processes on this host, or `ray` actors on the
+    nodes of a Ray cluster (`pip install 'modelgw[ray]'`, and RAY_ADDRESS)."""
+
+    ray_address: str | None = Field(None, validation_alias=_env("RAY_ADDRESS"))
+    """With GATEWAY_PLACEMENT=ray: the cluster's head as host:port (its GCS port, 6379
+    by default). This host must run a node of that cluster."""
+
+    ray_namespace: str = Field(
+        "modelgw", min_length=1, validation_alias=_env("GATEWAY_RAY_NAMESPACE")
+    )
+    """The Ray namespace of this gateway's backend actors. One per gateway: at start a
+    gateway removes the actors of its namespace that it no longer wants."""
+
     backend_command: str | None = Field(None, validation_alias=_env("GATEWAY_BACKEND_COMMAND"))
     """A JSON list: the argument vector of a custom backend that speaks MLflow's scoring
     protocol (/ping, /invocations). `{port}`, `{host}`, `{model}`, `{version}` and `{model_uri}` are
@@ -273,9 +287,26 @@ class Settings(BaseSettings):
                 f"START_PORT-END_PORT ({self.start_port}-{self.end_port}): "
                 "expected a port outside it"
             )
+        problems.extend(self._ray_problems())
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _ray_problems(self) -> list[str]:
+        if self.placement != "ray":
+            return []
+        if not self.ray_address:
+            return [
+                "GATEWAY_PLACEMENT=ray needs RAY_ADDRESS: the Ray head's host:port"
+                " (e.g. 10.0.0.5:6379)"
+            ]
+        if self.ray_address.startswith("ray://"):
+            return [
+                f"RAY_ADDRESS ({self.ray_address}) is a Ray Client address: expected the"
+                " head's host:port (its GCS port, 6379 by default), with the gateway on a"
+                " node of the cluster"
+            ]
+        return []
 
     def child_environment(self) -> dict[str, str]:
         """The environment a backend starts with: ours, plus the registry it reads.

@@ -10,7 +10,8 @@ Two launchers:
   and model code, one process instead of two, no CLI start-up.
 Other env managers always go through `mlflow models serve`, which builds the
 model's environment. `GATEWAY_BACKEND_COMMAND` replaces both with any server
-that speaks MLflow's scoring protocol.
+that speaks MLflow's scoring protocol. On a Ray cluster (GATEWAY_PLACEMENT=ray),
+`NodeCommand` builds the same commands on the node that runs the backend.
 
 A launcher also says whether its backends' `/invocations` is free of side
 effects, which decides whether the upstream pool may re-send a call whose
@@ -20,12 +21,16 @@ reused connection the backend closed (see `UpstreamPool.resend_dropped`).
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,17 +55,20 @@ def mlflow_serve_factory(settings: Settings) -> CommandFactory:
     env = settings.child_environment()
 
     async def build(record: DeploymentRecord, port: int, host: str) -> Command:
-        argv = [
-            sys.executable, "-m", "mlflow", "models", "serve",
-            "-m", f"models:/{record.model_name}/{record.version}",
-            "-h", host,
-            "-p", str(port),
-            "-w", str(settings.backend_workers),
-            "--env-manager", record.env_manager,
-        ]  # fmt: skip
-        return Command(argv=argv, env=env)
+        return Command(mlflow_serve_argv(record, port, host, settings.backend_workers), env)
 
     return build
+
+
+def mlflow_serve_argv(record: DeploymentRecord, port: int, host: str, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "-m", f"models:/{record.model_name}/{record.version}",
+        "-h", host,
+        "-p", str(port),
+        "-w", str(workers),
+        "--env-manager", record.env_manager,
+    ]  # fmt: skip
 
 
 def _download(model_uri: str, destination: Path) -> bool:
@@ -133,27 +141,34 @@ def lean_factory(settings: Settings) -> CommandFactory:
     async def build(record: DeploymentRecord, port: int, host: str) -> Command:
         if record.env_manager != "local":
             return await fallback(record, port, host)
-        from mlflow.pyfunc.scoring_server import get_cmd
-
         path = await cache.fetch(record.model_name, record.version)
-        command, server_env = get_cmd(
-            str(path),
-            port=port,
-            host=host,  # type: ignore[arg-type]  # MLflow annotates it as int
-            nworkers=settings.backend_workers,
-        )
-        words = shlex.split(command)
-        if not words or words[0] != "uvicorn":
-            raise RuntimeError(f"unexpected scoring server command from MLflow: {command!r}")
-        argv = [sys.executable, "-m", "uvicorn", *words[1:],
-                "--loop", "uvloop", "--http", "httptools", "--no-access-log"]  # fmt: skip
-        env = {**server_env, **base_env}
-        # get_cmd's own variables (the model path, the request timeout) win.
-        env.update({k: v for k, v in server_env.items() if k.startswith("MLFLOW_")})
-        env["MLFLOW_TRACKING_URI"] = base_env["MLFLOW_TRACKING_URI"]
-        return Command(argv=argv, env=env)
+        return lean_command(path, port, host, settings.backend_workers, base_env)
 
     return build
+
+
+def lean_command(
+    path: Path, port: int, host: str, workers: int, base_env: dict[str, str]
+) -> Command:
+    """MLflow's scoring server for the model files at `path`, as this interpreter's child."""
+    from mlflow.pyfunc.scoring_server import get_cmd
+
+    command, server_env = get_cmd(
+        str(path),
+        port=port,
+        host=host,  # type: ignore[arg-type]  # MLflow annotates it as int
+        nworkers=workers,
+    )
+    words = shlex.split(command)
+    if not words or words[0] != "uvicorn":
+        raise RuntimeError(f"unexpected scoring server command from MLflow: {command!r}")
+    argv = [sys.executable, "-m", "uvicorn", *words[1:],
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log"]  # fmt: skip
+    env = {**server_env, **base_env}
+    # get_cmd's own variables (the model path, the request timeout) win.
+    env.update({k: v for k, v in server_env.items() if k.startswith("MLFLOW_")})
+    env["MLFLOW_TRACKING_URI"] = base_env["MLFLOW_TRACKING_URI"]
+    return Command(argv=argv, env=env)
 
 
 def custom_factory(settings: Settings, template: list[str]) -> CommandFactory:
@@ -161,19 +176,26 @@ def custom_factory(settings: Settings, template: list[str]) -> CommandFactory:
     env = settings.child_environment()
 
     async def build(record: DeploymentRecord, port: int, host: str) -> Command:
-        fields = {
-            "port": str(port), "host": host, "model": record.model_name, "version": record.version,
-            "model_uri": f"models:/{record.model_name}/{record.version}",
-        }  # fmt: skip
-        # str.replace, not str.format: a brace elsewhere in an argument stays as it is.
-        argv = []
-        for word in template:
-            for name, value in fields.items():
-                word = word.replace("{" + name + "}", value)
-            argv.append(word)
-        return Command(argv=argv, env=env)
+        return Command(custom_argv(template, record, port, host), env)
 
     return build
+
+
+def custom_argv(
+    template: Sequence[str], record: DeploymentRecord, port: int, host: str
+) -> list[str]:
+    """The template's words with {port}, {host}, {model}, {version}, {model_uri} filled in."""
+    fields = {
+        "port": str(port), "host": host, "model": record.model_name, "version": record.version,
+        "model_uri": f"models:/{record.model_name}/{record.version}",
+    }  # fmt: skip
+    # str.replace, not str.format: a brace elsewhere in an argument stays as it is.
+    argv = []
+    for word in template:
+        for name, value in fields.items():
+            word = word.replace("{" + name + "}", value)
+        argv.append(word)
+    return argv
 
 
 def make_launcher(settings: Settings) -> Launcher:
@@ -187,3 +209,61 @@ def make_launcher(settings: Settings) -> Launcher:
     if settings.launcher == "lean":
         return Launcher(lean_factory(settings), resend_safe=True)
     return Launcher(mlflow_serve_factory(settings), resend_safe=True)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCommand:
+    """The backend command, built on the Ray node that will run it.
+
+    The Ray placement pickles it to the node and calls it inside the backend's
+    actor, so it carries only what the node cannot know (the registry, the
+    launcher's choice) and no secret, path or environment of the gateway's host:
+    the node's own Python, PATH and temp dir are used, and the lean launcher
+    downloads the model's artifacts there, from the tracking server.
+    """
+
+    tracking_uri: str
+    workers: int
+    launcher: str = "lean"
+    template: tuple[str, ...] | None = None
+
+    async def __call__(self, record: DeploymentRecord, port: int, host: str) -> Command:
+        env = backend_environment(os.environ, self.tracking_uri, self.workers)
+        if self.template is not None:
+            return Command(custom_argv(self.template, record, port, host), env)
+        if self.launcher != "lean" or record.env_manager != "local":
+            return Command(mlflow_serve_argv(record, port, host, self.workers), env)
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)  # this actor's process only
+        mlflow.set_registry_uri(self.tracking_uri)
+        path = await _node_cache(self.tracking_uri).fetch(record.model_name, record.version)
+        return lean_command(path, port, host, self.workers, env)
+
+
+def node_command(settings: Settings) -> NodeCommand:
+    """What the settings' launcher runs, in the form a Ray node can build."""
+    template = json.loads(settings.backend_command) if settings.backend_command else None
+    return NodeCommand(
+        tracking_uri=settings.tracking_uri,
+        workers=settings.backend_workers,
+        launcher=settings.launcher,
+        template=tuple(template) if template is not None else None,
+    )
+
+
+def backend_environment(base: Mapping[str, str], tracking_uri: str, workers: int) -> dict[str, str]:
+    """`base` plus the registry a backend reads; this interpreter's bin first on PATH."""
+    env = dict(base)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["MLFLOW_REGISTRY_URI"] = tracking_uri
+    env["MLFLOW_MODELS_WORKERS"] = str(workers)
+    return env
+
+
+@functools.cache
+def _node_cache(tracking_uri: str) -> ArtifactCache:
+    """One artifact cache per registry in a node's temp dir, shared by its actors' downloads."""
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+    return ArtifactCache(Path(tempfile.gettempdir()) / "modelgw-ray" / "models" / digest)
