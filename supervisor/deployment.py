@@ -29,6 +29,9 @@ class Replica:
     last_error: str | None = None
     # Requests the proxy has sent and not yet seen answered (least-outstanding balancing).
     in_flight: int = 0
+    # Answers (of any status) the gateway has had from its backend. Liveness reads a
+    # change as a sign of life: a backend busy with calls may miss pings, yet answer.
+    answers: int = 0
     task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -91,6 +94,18 @@ class Deployment:
         best: Replica | None = None
         for replica in self.replicas:
             if replica.routable and (best is None or replica.in_flight < best.in_flight):
+                best = replica
+        return best
+
+    def pick_other(self, failed: Replica) -> Replica | None:
+        """Like `pick`, but never `failed`: where to send a call its replica dropped."""
+        best: Replica | None = None
+        for replica in self.replicas:
+            if (
+                replica is not failed
+                and replica.routable
+                and (best is None or replica.in_flight < best.in_flight)
+            ):
                 best = replica
         return best
 

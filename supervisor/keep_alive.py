@@ -20,7 +20,7 @@ from supervisor.config import SupervisorConfig
 from supervisor.deployment import Deployment, Replica
 from supervisor.errors import BackendStartError
 from supervisor.placement.base import BackendHandle, Placement
-from supervisor.probe import ping
+from supervisor.probe import cpu_ticks, ping
 from supervisor.state_store import StateStore
 from supervisor.states import State, can_transition
 
@@ -149,16 +149,20 @@ class Keeper:
                 self._emit("started", deployment, replica)
             else:
                 self._emit("restarted" if replica.restarts else "started", deployment, replica)
-            reason = await self._watch(replica)
+            reason, hung = await self._watch(replica)
 
             # RUNNING -> BACKOFF: the backend died or stopped answering.
             replica.healthy = False
             replica.transition(State.BACKOFF)
             replica.last_error = reason
+            if hung:
+                self._fail_calls(deployment, replica, reason)
             uptime = self._clock.now() - up_since
             failures = 1 if uptime >= self.config.stable_after else failures + 1
             flapping = flaps.record(self._clock.now())
-            await self._stop_handle(replica)
+            await self._stop_handle(
+                replica, self.config.hung_stop_timeout if hung else self.config.stop_timeout
+            )
             replica.restarts += 1
             self._emit("unhealthy", deployment, replica)
             cap = self.config.backoff_cap
@@ -222,34 +226,76 @@ class Keeper:
                 return
             await self._clock.sleep(min(self.config.ready_poll_interval, max(remaining, 0)))
 
-    async def _watch(self, replica: Replica) -> str:
-        """Wait until the backend exits or misses `health_failures` pings in a row."""
+    async def _watch(self, replica: Replica) -> tuple[str, bool]:
+        """Wait until the backend exits or hangs; returns why, and whether it hung.
+
+        Pings go out every `health_interval` on a fixed cadence and wait at most
+        that long, so a hang is found within interval x failures plus one ping. A
+        failed ping counts as a miss only when the backend showed no sign of life:
+        no call to it was answered since the last ping and, with calls in flight,
+        its processes used no CPU while the ping waited. A single-worker backend
+        working on long calls cannot answer a ping, but it is busy, not hung; a
+        stopped or deadlocked one uses no CPU. Without a local pid (a backend that
+        runs elsewhere) only answered calls count. A backend that burns CPU on a
+        call forever is caught once that call times out and nothing is in flight.
+        """
         handle = replica.handle
         assert handle is not None
         exited = asyncio.ensure_future(handle.wait_exit())
-        misses = 0
+        interval = self.config.health_interval
+        timeout = min(self.config.health_timeout, interval)
+        failures = self.config.health_failures
         url = f"{handle.endpoint}/ping"
+        # Health checks tick on the loop's own time, not the injected clock: a fake
+        # clock's instant sleep would turn this wait into a busy loop.
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        misses = 0
+        answers = replica.answers
         try:
             while True:
-                # Health checks tick on the loop's own time, not the injected clock:
-                # a fake clock's instant sleep would turn this wait into a busy loop.
-                done, _ = await asyncio.wait({exited}, timeout=self.config.health_interval)
+                done, _ = await asyncio.wait({exited}, timeout=max(next_tick - loop.time(), 0))
                 if done:
-                    return f"backend {_ending(exited.result())}"
-                if await ping(self._session, url, self.config.health_timeout):
+                    return f"backend {_ending(exited.result())}", False
+                # The next tick keeps the cadence, but never fires a burst to catch up.
+                next_tick = max(next_tick + interval, loop.time())
+                cpu = await cpu_ticks(handle.pid) if replica.in_flight else None
+                if await ping(self._session, url, timeout):
+                    alive = True
+                elif replica.answers != answers:
+                    alive = True  # it answered calls: the ping lost a race with them
+                else:
+                    alive = cpu is not None and (await cpu_ticks(handle.pid) or 0) > cpu
+                    if alive:
+                        logger.debug("%s:%d missed a ping while busy with %d call(s)",
+                                     handle.host, handle.port, replica.in_flight)  # fmt: skip
+                answers = replica.answers
+                if alive:
                     misses = 0
                     replica.healthy = True
                     continue
                 misses += 1
-                replica.healthy = False
-                if misses >= self.config.health_failures:
-                    return f"backend missed {misses} health checks in a row"
+                replica.healthy = False  # out of the rotation until it answers again
+                if misses >= failures:
+                    return f"backend hung: missed {misses} health checks in a row", True
         finally:
             exited.cancel()
 
-    async def _stop_handle(self, replica: Replica) -> None:
+    def _fail_calls(self, deployment: Deployment, replica: Replica, reason: str) -> None:
+        """Fail the calls waiting on a hung backend now, not at its stop."""
+        hook = self.config.on_hung
+        if hook is None:
+            return
+        try:
+            hook(replica.host, replica.port, reason)
+        except Exception:
+            # The restart matters more than the hook: its calls then end at the stop.
+            logger.exception("failing the calls of hung %s#%d failed", deployment.key,
+                             replica.index)  # fmt: skip
+
+    async def _stop_handle(self, replica: Replica, grace: float | None = None) -> None:
         if replica.handle is not None:
-            await replica.handle.stop(self.config.stop_timeout)
+            await replica.handle.stop(self.config.stop_timeout if grace is None else grace)
 
     # ------------------------------------------------------------ the task's end
 

@@ -1,17 +1,18 @@
 """The one road from the gateway to a backend.
 
 Direct calls, batched calls and the data API's predictions all go through
-`call_backend`: it picks the replica once, sends the caller's id and address
-along, counts the call in flight, times it into the backend-latency histogram,
-and maps transport failures to 503/504 JSON errors. Nothing else talks to a
-backend (the supervisor's probes excepted: they have their own small pool).
+`call_backend`: it picks the replica, sends the caller's id and address along,
+counts the call in flight (and each answer, a sign of life for liveness), times
+it into the backend-latency histogram, sends it once to another replica when
+its own died or hung before answering, and maps transport failures to 503/504
+JSON errors. Nothing else talks to a backend (the supervisor's probes excepted:
+they have their own small pool).
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
-from collections.abc import Iterator
 
 from aiohttp import hdrs, web
 
@@ -20,11 +21,14 @@ from gateway.dataplane.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
+    UpstreamUnanswered,
 )
 from gateway.edge.request_ids import request_id
 from gateway.edge.telemetry import KeyMetrics
-from gateway.errors import BackendTimeout, BackendUnavailable, ModelNotReady
+from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError, ModelNotReady
 from supervisor.deployment import Deployment, Replica
+
+logger = logging.getLogger(__name__)
 
 # End-to-end request headers a backend needs; everything else stays at the edge.
 FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING)
@@ -60,22 +64,30 @@ def answer_headers(answer: UpstreamResponse) -> list[tuple[str, str]]:
     return [(k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP]
 
 
-@contextlib.contextmanager
-def transport_errors(replica: Replica) -> Iterator[None]:
-    """Map transport failures of a call to `replica` to 503/504 JSON errors."""
+def transport_error(replica: Replica, exc: UpstreamError | TimeoutError) -> GatewayError:
+    """The 503/504 JSON error for a transport failure of a call to `replica`."""
     where = f"the backend at {replica.host}:{replica.port}"
-    try:
-        yield
-    except UpstreamConnectError as exc:
-        raise BackendUnavailable(
-            f"{where} refused the connection", headers={"Retry-After": "1"}
-        ) from exc
-    except TimeoutError as exc:  # a connect timeout included: the backend is slow, not gone
-        raise BackendTimeout(f"{where} did not answer in time: {exc}") from exc
-    except UpstreamError as exc:
-        raise BackendUnavailable(
-            f"{where} failed mid-call: {exc}", headers={"Retry-After": "1"}
-        ) from exc
+    if isinstance(exc, UpstreamConnectError):
+        return BackendUnavailable(f"{where} refused the connection", headers={"Retry-After": "1"})
+    if isinstance(exc, TimeoutError):  # a connect timeout included: the backend is slow, not gone
+        return BackendTimeout(f"{where} did not answer in time: {exc}")
+    if isinstance(exc, UpstreamUnanswered):
+        return BackendUnavailable(
+            f"{where} failed before answering: {exc}", headers={"Retry-After": "1"}
+        )
+    return BackendUnavailable(f"{where} failed mid-call: {exc}", headers={"Retry-After": "1"})
+
+
+def may_resend(pool: UpstreamPool, exc: UpstreamError) -> bool:
+    """Whether a call that failed on one replica may be sent to another.
+
+    Always when the connection was refused (nothing reached the backend); when the
+    request went out but no answer byte came back (the backend died or hung), only if
+    the launcher says its backends are side-effect free (`UpstreamPool.resend_dropped`).
+    """
+    if isinstance(exc, UpstreamConnectError):
+        return True
+    return isinstance(exc, UpstreamUnanswered) and pool.resend_dropped
 
 
 def pick_replica(deployment: Deployment) -> Replica:
@@ -104,7 +116,9 @@ async def call_backend(
 
     A large answer comes back streaming: the call stays counted in flight (and
     its latency open) until the caller has read it, unless `whole` asks for the
-    body read here. Transport failures raise 503/504 `GatewayError`s.
+    body read here. A call whose replica died or hung before answering is sent
+    once to another ready replica when `may_resend` allows it. Transport failures
+    raise 503/504 `GatewayError`s.
     """
     replica = pick_replica(deployment)
     # Read with the pick, before any await: a replace swaps the record and the
@@ -119,12 +133,30 @@ async def call_backend(
             timing.backend.observe(time.perf_counter() - started)
 
     try:
-        with transport_errors(replica):
+        try:
             answer = await pool.request(
                 replica.host, replica.port, method, path, header_lines, body
             )
-            if whole and answer.streaming:
-                answer.body, answer.streaming = await answer.read_all(), False
+        except UpstreamError as exc:
+            other = deployment.pick_other(replica) if may_resend(pool, exc) else None
+            if other is None:
+                raise
+            logger.warning("%s: the backend at %s:%d failed before answering (%s); "
+                           "sending the call to %s:%d", deployment.key, replica.host,
+                           replica.port, exc, other.host, other.port)  # fmt: skip
+            replica.in_flight -= 1
+            replica, version = other, deployment.record.version
+            replica.in_flight += 1
+            answer = await pool.request(
+                replica.host, replica.port, method, path, header_lines, body
+            )
+        # Any answer, error or not, is a sign of life the liveness check reads.
+        replica.answers += 1
+        if whole and answer.streaming:
+            answer.body, answer.streaming = await answer.read_all(), False
+    except (UpstreamError, TimeoutError) as exc:
+        finished()
+        raise transport_error(replica, exc) from exc
     except BaseException:
         finished()
         raise

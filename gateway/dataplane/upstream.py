@@ -35,8 +35,20 @@ class UpstreamConnectTimeout(UpstreamError, TimeoutError):
     """
 
 
-class UpstreamDropped(UpstreamError):
-    """A reused connection was closed before any answer: safe to send again."""
+class UpstreamUnanswered(UpstreamError):
+    """The request was sent and no byte of an answer came back.
+
+    The backend may or may not have started on it, so sending it again (to the
+    same backend or another) is safe only for a side-effect-free backend.
+    """
+
+
+class UpstreamDropped(UpstreamUnanswered):
+    """The backend closed the connection before any byte of an answer."""
+
+
+class UpstreamAborted(UpstreamUnanswered):
+    """The gateway dropped the call before any answer: its backend was declared hung."""
 
 
 @dataclass(slots=True)
@@ -99,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self._chunk_ready: asyncio.Event | None = None
         self._done = False
         self._keep_alive = True
+        self._error: Exception | None = None  # why the connection failed, once it has
 
     # ----------------------------------------------------------- protocol
 
@@ -199,7 +212,9 @@ class _Connection(asyncio.Protocol):
                 if self._done:
                     break
                 if self.closed:
-                    raise UpstreamError("the backend closed the connection mid-answer")
+                    raise self._error or UpstreamError(
+                        "the backend closed the connection mid-answer"
+                    )
                 self._chunk_ready.clear()
                 try:
                     async with asyncio.timeout(self.pool.read_timeout):
@@ -212,7 +227,18 @@ class _Connection(asyncio.Protocol):
             else:
                 self.abort()
 
+    def drop(self, reason: str) -> bool:
+        """Fail the call on this connection, if any, and close it; True if there was one."""
+        busy = self._waiter is not None or (self._streaming and not self._done)
+        if self._received:  # part of an answer came: it cannot be sent anywhere again
+            self._fail(UpstreamError(f"{reason} (mid-answer)"))
+        else:
+            self._fail(UpstreamAborted(reason))
+        return busy
+
     def _fail(self, exc: Exception) -> None:
+        if self._error is None:
+            self._error = exc
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
@@ -251,11 +277,12 @@ class UpstreamPool:
         self.keepalive = keepalive
         self.max_idle = max_idle
         self.stream_threshold = stream_threshold
-        # Whether a request may be sent a second time when a reused idle connection
-        # turns out to be closed by the backend before any byte of an answer. HTTP
-        # cannot tell whether the backend had started on it, so this is safe only for
-        # side-effect-free backends: MLflow's scoring server is (a prediction has no
-        # effect); a custom backend command may not be. The launcher decides.
+        # Whether a request may be sent a second time when no byte of an answer came
+        # back: here, when a reused idle connection turns out to be closed by the
+        # backend; in `call_backend`, to another replica when this one died or hung.
+        # HTTP cannot tell whether the backend had started on it, so this is safe only
+        # for side-effect-free backends: MLflow's scoring server is (a prediction has
+        # no effect); a custom backend command may not be. The launcher decides.
         self.resend_dropped = resend_dropped
         self.resent = 0  # how many times that happened (tests and diagnostics)
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
@@ -329,6 +356,18 @@ class UpstreamPool:
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
+
+    def abort(self, host: str, port: int, reason: str) -> int:
+        """Fail every call waiting on the backend at (host, port) now, and close its
+        connections; returns how many calls were failed.
+
+        For a backend declared hung: its calls would otherwise wait for its stop or
+        their own timeout. A call with no answer byte yet fails with UpstreamAborted,
+        which the caller may send to another replica.
+        """
+        key = (host, port)
+        self._idle.pop(key, None)
+        return sum(conn.drop(reason) for conn in list(self._all) if conn.key == key)
 
     async def close(self) -> None:
         for conn in list(self._all):

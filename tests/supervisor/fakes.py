@@ -42,11 +42,41 @@ class FakeClock:
         self.time += seconds
 
 
+class Ears:
+    """Whether the ping server answers, and how many pings it heard while deaf."""
+
+    def __init__(self) -> None:
+        self._hearing = asyncio.Event()
+        self._hearing.set()
+        self.unanswered = 0
+
+    @property
+    def deaf(self) -> bool:
+        return not self._hearing.is_set()
+
+    @deaf.setter
+    def deaf(self, deaf: bool) -> None:
+        if deaf:
+            self._hearing.clear()
+        else:
+            self._hearing.set()
+
+    async def hear(self) -> None:
+        await self._hearing.wait()
+
+
 @asynccontextmanager
-async def ping_server() -> AsyncIterator[int]:
-    """A real HTTP server on loopback answering /ping: every fake backend's endpoint."""
+async def ping_server(ears: Ears | None = None) -> AsyncIterator[int]:
+    """A real HTTP server on loopback answering /ping: every fake backend's endpoint.
+
+    While `ears.deaf`, a ping waits (as at a hung backend) until it is heard again.
+    """
+    ears = ears or Ears()
 
     async def ping(request: web.Request) -> web.Response:
+        if ears.deaf:
+            ears.unanswered += 1
+            await ears.hear()  # the server's cleanup makes it hear again first
         return web.Response(text="\n")
 
     app = web.Application()
@@ -58,6 +88,7 @@ async def ping_server() -> AsyncIterator[int]:
     try:
         yield runner.addresses[0][1]
     finally:
+        ears.deaf = False
         await runner.cleanup()
 
 
@@ -72,6 +103,7 @@ class FakeHandle(BackendHandle):
         self._ended: asyncio.Future[int | str] = asyncio.get_running_loop().create_future()
         self._crash = crash_when_watched
         self.stops = 0
+        self.graces: list[float] = []
 
     @property
     def alive(self) -> bool:
@@ -88,6 +120,7 @@ class FakeHandle(BackendHandle):
 
     async def stop(self, grace: float) -> None:
         self.stops += 1
+        self.graces.append(grace)
         self.exit("stopped")
 
     async def log_tail(self, lines: int = 25) -> str:

@@ -12,13 +12,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from supervisor.deployment import Replica
 from supervisor.errors import BackendStartError
 from supervisor.manager import Manager, SupervisorConfig
 from supervisor.placement.local import LocalPlacement
 from supervisor.process import Command
 from supervisor.state_store import DeploymentRecord, StateStore
 from supervisor.states import State
-from tests.supervisor.fakes import FakeClock, FakeHandle, FakePlacement, ping_server
+from tests.supervisor.fakes import Ears, FakeClock, FakeHandle, FakePlacement, ping_server
 from tests.support import free_port_range
 
 
@@ -146,7 +147,8 @@ class Bench:
     async def __aenter__(self) -> Bench:
         self.store = await StateStore.open(self.tmp_path / "state.db")
         self.session = aiohttp.ClientSession()
-        self._server = ping_server()
+        self.ears = Ears()
+        self._server = ping_server(self.ears)
         self.ping_port = await self._server.__aenter__()
         return self
 
@@ -241,3 +243,44 @@ async def test_restore_adopts_what_the_placement_still_runs_and_starts_the_rest(
     assert deployment.replicas[0].handle is survivor  # adopted, not started
     assert [h.ref for h in second.started] == ["m-1#1/0"]  # only replica 1 started anew
     assert deployment.describe()["replicas"][0]["node"] == "fake-node"
+
+
+async def test_failed_pings_are_no_misses_while_calls_are_answered_then_a_hang_is(
+    tmp_path: Path,
+) -> None:
+    # A fake handle has no local pid, so answered calls are the only sign of life.
+    hung: list[tuple[str, int, str, int]] = []
+    placement: FakePlacement
+
+    def on_hung(host: str, port: int, reason: str) -> None:
+        hung.append((host, port, reason, placement.started[-1].stops))
+
+    async def answering(replica: Replica, until_set: asyncio.Event) -> None:
+        while not until_set.is_set():
+            replica.answers += 1
+            await asyncio.sleep(0.01)
+
+    async with Bench(tmp_path, health_interval=0.05, health_timeout=0.05, health_failures=2,
+                     on_hung=on_hung) as bench:  # type: ignore[arg-type]  # fmt: skip
+        placement = FakePlacement(bench.ping_port)
+        manager = await bench.manager(placement)
+        try:
+            deployment, _ = await manager.deploy(M1)
+            replica = deployment.replicas[0]
+            done = asyncio.Event()
+            calls = asyncio.create_task(answering(replica, done))
+            bench.ears.deaf = True
+            await until(lambda: bench.ears.unanswered >= 10)  # ten ticks, no ping answered
+            assert hung == [] and replica.restarts == 0 and replica.routable
+            done.set()
+            await calls
+            await until(lambda: hung)
+            [(host, port, reason, stops)] = hung
+            assert (host, port) == (replica.host, replica.port)
+            assert "missed 2 health checks" in reason
+            assert stops == 0  # its calls were failed before it was stopped
+            assert placement.started[0].graces == [bench.config.hung_stop_timeout]
+            bench.ears.deaf = False
+            await until(lambda: replica.routable and replica.restarts == 1)
+        finally:
+            await manager.close()
