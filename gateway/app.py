@@ -20,6 +20,7 @@ from gateway import console
 from gateway.api import data as data_api
 from gateway.api import hooks, management, ops, v2
 from gateway.api import logs as logs_api
+from gateway.api import routes as routes_api
 from gateway.app_keys import (
     ADMISSIONS,
     ALIASES,
@@ -30,6 +31,7 @@ from gateway.app_keys import (
     METRICS,
     PLACEMENT,
     REGISTRY,
+    ROUTER,
     ROUTES,
     SETTINGS,
     STATE_STORE,
@@ -37,6 +39,7 @@ from gateway.app_keys import (
     UPSTREAM,
 )
 from gateway.dataplane import proxy
+from gateway.dataplane.routing import Router
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.deploy.aliases import AliasFollower
 from gateway.deploy.launchers import make_launcher
@@ -122,6 +125,7 @@ async def _inference_log(app: web.Application) -> AsyncIterator[None]:
         max_pending=settings.log_max_pending,
         sample=settings.log_sample,
         redactor=redactor,
+        max_rows=settings.log_max_rows_per_call,
     )
     log.start()
     app[INFERENCE_LOG] = log
@@ -191,14 +195,18 @@ async def _deployer(app: web.Application) -> AsyncIterator[None]:
         app[DEPLOYER] = deployer
         app[BATCHERS] = deployer.batchers
         app[ADMISSIONS] = deployer.admissions
+        router = Router(app[STATE_STORE], manager.table)
+        app[ROUTER] = router
         app[ROUTES] = manager.table
         app[METRICS].watch(manager.table, lambda: app.get(INFERENCE_LOG))
         await deployer.restore()
+        await router.restore()
         follower = AliasFollower(deployer, settings.alias_poll_s)
         app[ALIASES] = follower
         follower.start()
         yield
         await follower.close()
+        await router.close()
         await deployer.close()
         await placement.close()
 
@@ -301,6 +309,7 @@ def create_app(settings: Settings) -> web.Application:
     logs_api.add_routes(app)
     console.add_routes(app)  # before the catch-all: /ui/... is no key
     hooks.add_routes(app)
+    routes_api.add_routes(app)
     v2.add_routes(app)
     proxy.add_routes(app)  # catch-all key routes last
     app.on_startup.append(_freeze_heap)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.dataplane.admission import Admission
 from gateway.dataplane.batching import Batcher
+from gateway.dataplane.routing import Router
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.deploy.aliases import AliasFollower
 from gateway.deploy.launchers import Launcher
@@ -34,6 +35,8 @@ BATCHERS = web.AppKey("batchers", dict[str, Batcher])
 # Admission control (slots, queue) of the deployments that set max_concurrency, by
 # key (the deploy service's own dict, like BATCHERS).
 ADMISSIONS = web.AppKey("admissions", dict[str, Admission])
+# Weighted splits and shadows between versions, by model name (`/route/{name}`).
+ROUTER = web.AppKey("router", Router)
 # Deploy, replace, scale and undeploy: the only writer of deployment state.
 DEPLOYER = web.AppKey("deployer", DeployService)
 # Keeps alias deployments on the version their registry alias points at.

@@ -27,3 +27,10 @@ CREATE TABLE IF NOT EXISTS backends (
     endpoint  TEXT,                           -- the URL it last listened on
     PRIMARY KEY (key, replica)
 );
+
+-- Weighted splits between versions of one model (`PUT /route/{name}`): the
+-- route as JSON (versions and weights, shadow, sticky header), by model name.
+CREATE TABLE IF NOT EXISTS routes (
+    name   TEXT PRIMARY KEY,
+    route  TEXT NOT NULL
+);

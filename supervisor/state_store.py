@@ -175,6 +175,23 @@ class StateStore:
                 (record.run_uuid, record.env_manager, json.dumps(record.options), record.key),
             )
 
+    async def save_route(self, name: str, route: dict[str, Any]) -> None:
+        """Keep a model's traffic route (the gateway's, opaque here) for the next boot."""
+        async with self._lock:
+            await self._db.execute(
+                "INSERT INTO routes (name, route) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET route = excluded.route",
+                (name, json.dumps(route)),
+            )
+
+    async def remove_route(self, name: str) -> None:
+        async with self._lock:
+            await self._db.execute("DELETE FROM routes WHERE name = ?", (name,))
+
+    async def load_routes(self) -> dict[str, dict[str, Any]]:
+        async with self._db.execute("SELECT name, route FROM routes ORDER BY name") as cursor:
+            return {row[0]: json.loads(row[1]) async for row in cursor}
+
     async def set_backend(
         self,
         key: str,

@@ -98,12 +98,6 @@ SCHEMAS: dict[str, Any] = {
             "env_manager": {"type": "string"}, "created_at": NULLABLE_STRING,
             "replicas": {"type": "array", "items": _ref("Replica")},
             "batching": {"type": "object", "nullable": True},
-            "alias": {
-                "type": "object", "nullable": True,
-                "description": "For a `<model>@<alias>` key: the alias, the version it serves now, and why it could not follow (if so)",
-                "properties": {"name": {"type": "string"}, "serving_version": {"type": "string"},
-                               "error": NULLABLE_STRING, "checked_at": NULLABLE_STRING},
-            },
         },
     },
     "DeployResult": {
@@ -193,6 +187,34 @@ TRAFFIC_PARAMS = [
     _param("max_queue", "query", {"type": "integer", "minimum": 0, "maximum": MAX_QUEUE}, "Load shedding: calls that may wait for a slot (default 100); past it, 429 with Retry-After at once"),
     _param("idle_timeout_s", "query", {"type": "integer", "minimum": 0, "maximum": MAX_IDLE_TIMEOUT_S}, "Scale to zero: stop the backends after this many seconds without a call (0: never); the next call wakes them"),
 ]  # fmt: skip
+
+ROUTE_NAME = {**_param("name", description="Registered model name; `POST /{name}` follows its route."), "example": "wine-quality"}  # fmt: skip
+SCHEMAS.update({
+    "RouteBody": {
+        "type": "object", "required": ["versions"], "additionalProperties": False,
+        "properties": {
+            "versions": {"type": "object", "minProperties": 1, "maxProperties": 16, "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 1000000}, "description": "Version number to weight; at least one above 0"},
+            "shadow": {"type": "string", "nullable": True, "description": "A version that gets a copy of every call after the caller is answered"},
+            "sticky_header": {"type": "string", "nullable": True, "description": "A request header whose value keeps a caller on one version"},
+        },
+        "example": {"versions": {"1": 90, "2": 10}, "sticky_header": "X-User-Id"},
+    },
+    "Route": {
+        "type": "object", "required": ["name", "versions", "shadow", "sticky_header"],
+        "properties": {"name": {"type": "string"}, "versions": {"type": "object", "additionalProperties": {"type": "integer"}}, "shadow": NULLABLE_STRING, "sticky_header": NULLABLE_STRING},
+    },
+    "RouteComparison": {
+        "type": "object", "required": ["route", "versions"],
+        "properties": {
+            "route": {"$ref": "#/components/schemas/Route"},
+            "versions": {"type": "array", "items": {
+                "type": "object", "required": ["version", "arm", "calls", "errors", "p50_ms", "p99_ms"],
+                "properties": {"version": {"type": "string"}, "arm": {"type": "string", "enum": ["primary", "shadow"]}, "calls": {"type": "integer"}, "errors": {"type": "integer"},
+                               "p50_ms": {"type": "number", "nullable": True}, "p99_ms": {"type": "number", "nullable": True},
+                               "compared": {"type": "integer"}, "agreement": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1}, "dropped": {"type": "integer"}}}},
+        },
+    },
+})  # fmt: skip
 
 INFERENCE_RESPONSES = {
     "200": _json(ANY_JSON, "The backend's answer, byte for byte"),
@@ -301,21 +323,6 @@ def build_spec() -> dict[str, Any]:
                     _param("resources", "query", {"type": "string"}, 'GATEWAY_PLACEMENT=ray: custom Ray resources each replica reserves, a JSON object such as {"models": 1}. 400 with the local placement'),
                     *TRAFFIC_PARAMS],
         )},
-        "/deploy/{ref}": {"post": _op(
-            "Deploy the version a registry alias points at, and follow the alias",
-            {"201": _json(_ref("DeployResult"), "Started"), "200": _json(_ref("DeployResult"), "Already deployed")},
-            params=[_param("ref", description="`<model>@<alias>`, e.g. `wine-quality@champion`."),
-                    _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS}),
-                    _param("replace", "query", {"type": "boolean"}, "Zero-downtime redeploy of a deployed key"),
-                    _param("max_batch_size", "query", {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE}, "Adaptive batching: most rows per backend call (1: off)"),
-                    _param("max_batch_delay_ms", "query", {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_DELAY_MS}, "Adaptive batching: longest wait for more calls under load")],
-        )},
-        "/hooks/mlflow": {"post": _op(
-            "MLflow registry webhook (model_version_alias.created/deleted), verified by its HMAC signature",
-            {"200": _json({"type": "object", "required": ["accepted", "following"], "properties": {"accepted": {"type": "boolean"}, "following": {"type": "array", "items": {"type": "string"}}}})},
-            params=[_param("X-MLflow-Signature", "header", {"type": "string"}), _param("X-MLflow-Timestamp", "header", {"type": "string"}),
-                    _param("X-MLflow-Delivery-Id", "header", {"type": "string"})],
-            body={"required": True, "content": {JSON: {"schema": {"type": "object"}}}}, tag="operations")},
         "/scale/{key}": {"post": _op("Change the number of replicas live", {"200": _json(_ref("DeployResult"))},
                                      params=[KEY, _param("replicas", "query", {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS}, required=True)])},
         "/undeploy/{key}": {"post": _op("Stop a deployment and free its ports", {"200": _json({"type": "object", "required": ["key", "status", "freed_ports"], "properties": {"key": {"type": "string"}, "status": {"type": "string"}, "freed_ports": {"type": "array", "items": {"type": "integer"}}, "message": {"type": "string"}}})}, params=[KEY])},
@@ -327,6 +334,12 @@ def build_spec() -> dict[str, Any]:
             params=[KEY, _param("replica", "query", {"type": "integer", "minimum": 0}, "One replica's index (default: every replica)"),
                     _param("lines", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "Last lines per replica (default 100)")],
             tag="operations")},
+        "/route/{name}": {
+            "put": _op("Route the bare model name to deployed versions by weight, with an optional shadow (400 if a version is not deployed)", {"200": _json(_ref("Route"))}, params=[ROUTE_NAME], body={"required": True, "content": {JSON: {"schema": _ref("RouteBody")}}}, tag="traffic"),
+            "get": _op("A model's route", {"200": _json(_ref("Route"))}, params=[ROUTE_NAME], tag="traffic"),
+            "delete": _op("Remove a model's route: the bare name is a 404 again", {"200": _json({"type": "object", "required": ["name", "deleted"], "properties": {"name": {"type": "string"}, "deleted": {"type": "boolean"}}})}, params=[ROUTE_NAME], tag="traffic"),
+        },
+        "/route/{name}/comparison": {"get": _op("Calls, errors and latency per version and arm since the route was set; the shadow's agreement with the primary", {"200": _json(_ref("RouteComparison"))}, params=[ROUTE_NAME], tag="traffic")},
         "/{key}": {"post": _op("Predict (the original's path)", INFERENCE_RESPONSES, params=[KEY, REQUEST_TIMEOUT], body=INFERENCE_BODY, tag="inference", errors={})},
         "/{key}/invocations": {"post": _op("Predict (MLflow's path)", INFERENCE_RESPONSES, params=[KEY, REQUEST_TIMEOUT], body=INFERENCE_BODY, tag="inference", errors={})},
         "/model/{key}": {"post": _op("Predict (the original web frontend's path)", INFERENCE_RESPONSES, params=[KEY, REQUEST_TIMEOUT], body=INFERENCE_BODY, tag="inference", errors={})},

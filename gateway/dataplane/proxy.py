@@ -22,6 +22,7 @@ from gateway.app_keys import (
     DEPLOYER,
     INFERENCE_LOG,
     METRICS,
+    ROUTER,
     ROUTES,
     SETTINGS,
     UPSTREAM,
@@ -33,7 +34,7 @@ from gateway.dataplane.upstream import UpstreamResponse
 from gateway.edge.params import read_body
 from gateway.edge.request_ids import request_id
 from gateway.edge.telemetry import UNKNOWN_KEY, KeyMetrics
-from gateway.errors import BackendTimeout, DeploymentNotFound, GatewayError
+from gateway.errors import BackendTimeout, DeploymentNotFound, GatewayError, ModelNotReady
 from supervisor.deployment import Deployment
 
 MODEL_VERSION_HEADER = "X-Model-Version"
@@ -216,12 +217,53 @@ async def invoke(request: web.Request) -> web.StreamResponse:
 
 
 async def _invoke(request: web.Request, timing: KeyMetrics | None) -> web.StreamResponse:
-    deployment = lookup(request)
+    deployment = request.app[ROUTES].get(request.match_info["key"])
+    if deployment is None:
+        return await _invoke_routed(request, timing)
     body = await read_body(request)
     content_type = request.headers.get(hdrs.CONTENT_TYPE, "application/json")
     return await serve(
         request, deployment, body, content_type, request_header_lines(request), timing
     )
+
+
+async def _invoke_routed(request: web.Request, timing: KeyMetrics | None) -> web.StreamResponse:
+    """A call to a bare model name with a route: a version by weight, then the shadow."""
+    router = request.app.get(ROUTER)
+    name = request.match_info["key"]
+    route = router.routes.get(name) if router is not None else None
+    if router is None or route is None:
+        lookup(request)  # the 404
+        raise AssertionError("unreachable")
+    version = route.pick(request.headers)
+    deployment = request.app[ROUTES].get(f"{name}-{version}")
+    if deployment is None:
+        raise ModelNotReady(
+            f"the route of {name!r} sends this call to version {version}, which is no longer"
+            " deployed: deploy it again or change the route",
+            headers={"Retry-After": "5"},
+        )
+    body = await read_body(request)
+    content_type = request.headers.get(hdrs.CONTENT_TYPE, "application/json")
+    header_lines = request_header_lines(request)
+    stats = router.stats(name, version, "primary")
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await serve(request, deployment, body, content_type, header_lines, timing)
+        status = response.status
+    except (GatewayError, web.HTTPException) as exc:
+        status = exc.status
+        raise
+    finally:
+        stats.add(status, time.perf_counter() - started)
+    if route.shadow is not None and 200 <= status < 300:
+        answer = response.body if isinstance(response, web.Response) else None
+        router.shadow(
+            route, request.app[UPSTREAM], request.app[INFERENCE_LOG], body, content_type,
+            header_lines, answer if isinstance(answer, bytes) else None, request_id(request),
+        )  # fmt: skip
+    return response
 
 
 async def backend_get(request: web.Request) -> web.StreamResponse:
