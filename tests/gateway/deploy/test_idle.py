@@ -49,10 +49,15 @@ def test_idle_frees_the_backend_stays_idle_over_a_restart_and_wakes_once(
 ) -> None:
     gw = own_gateway.start()
     try:
-        deployed = gw.post("/deploy/wine-quality/1?idle_timeout_s=2")
+        bad = gw.post("/deploy/wine-quality/1?max_concurrency=-1")
+        assert bad.status == 400 and "max_concurrency" in bad.json()["detail"]
+        # Admission sized for the burst below (2 in flight + 6 queued = 8): nothing shed.
+        deployed = gw.post("/deploy/wine-quality/1?idle_timeout_s=2&max_concurrency=2&max_queue=6")
         assert deployed.status == 201, deployed.body
         assert deployed.json()["options"]["idle_timeout_s"] == 2
         first = gw.wait_running(KEY)
+        admission = first["admission"]
+        assert admission["max_concurrency"] == 2 and admission["max_queue"] == 6
         pid, port = first["pid"], first["port"]
 
         idle = wait_until(
@@ -74,6 +79,7 @@ def test_idle_frees_the_backend_stays_idle_over_a_restart_and_wakes_once(
 
         woken = gw.deployment(KEY)
         assert woken["status"] == "running" and len(woken["replicas"]) == 1
+        assert woken["admission"]["in_flight"] == 0 and woken["admission"]["shed"] == 0
         assert metric(gw, f'modelgw_cold_starts_total{{key="{KEY}"}}') == 1.0
         assert metric(gw, f'modelgw_cold_start_seconds_count{{key="{KEY}"}}') == 1.0
     finally:
