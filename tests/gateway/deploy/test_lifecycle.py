@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support import ONE_ROW as ROW
-from tests.support import Gateway, pid_alive, processes_mentioning, wait_until
+from tests.support import (
+    WINE_COLUMNS,
+    WINE_VALUES,
+    Gateway,
+    pid_alive,
+    processes_mentioning,
+    wait_until,
+)
 
 KEY = "wine-quality-1"
 
@@ -68,3 +76,36 @@ def test_concurrent_deploys_start_one_process_and_undeploy_frees_everything(
     assert not processes_mentioning(f"--port {port}")
     assert gateway.post("/wine-quality-2", json_body=ROW).status == 404
     assert gateway.post("/undeploy/wine-quality-2").status == 404
+
+
+def test_calls_on_a_killed_replica_are_answered_by_the_other(gateway: Gateway) -> None:
+    # The finding of issue 14: with two replicas, calls in flight on a killed one
+    # failed with 503 instead of going to the survivor (MLflow scoring is side-effect
+    # free, so the gateway may send such a call again).
+    reply = gateway.post("/deploy/wine-quality/2?replicas=2", timeout=150)
+    try:
+        assert reply.status == 201, reply.body
+        victim = reply.json()["replicas"][0]
+        rows = {"dataframe_split": {"columns": WINE_COLUMNS, "data": [WINE_VALUES] * 200}}
+        answers: list[tuple[int, bytes]] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                sent = gateway.post("/wine-quality-2", json_body=rows)
+                answers.append((sent.status, sent.body))
+
+        with ThreadPoolExecutor(4) as pool:
+            clients = [pool.submit(client) for _ in range(4)]
+            try:
+                wait_until(lambda: len(answers) >= 20, 60, 0.01, "calls on both replicas")
+                os.killpg(victim["pid"], signal.SIGKILL)
+                after = len(answers)
+                wait_until(lambda: len(answers) >= after + 20, 60, 0.01, "calls after the kill")
+            finally:
+                stop.set()
+            for done in clients:
+                done.result()
+        assert [a for a in answers if a[0] != 200] == []
+    finally:
+        assert gateway.post("/undeploy/wine-quality-2").status == 200
