@@ -230,14 +230,14 @@ class Keeper:
         """Wait until the backend exits or hangs; returns why, and whether it hung.
 
         Pings go out every `health_interval` on a fixed cadence and wait at most
-        that long, so a hang is found within interval x failures plus one ping. A
-        failed ping counts as a miss only when the backend showed no sign of life:
-        no call to it was answered since the last ping and, with calls in flight,
-        its processes used no CPU while the ping waited. A single-worker backend
-        working on long calls cannot answer a ping, but it is busy, not hung; a
-        stopped or deadlocked one uses no CPU. Without a local pid (a backend that
-        runs elsewhere) only answered calls count. A backend that burns CPU on a
-        call forever is caught once that call times out and nothing is in flight.
+        that long. A failed ping counts as a miss only when the backend showed no
+        sign of life while it waited: no call to it was answered and, with calls in
+        flight, its processes used no CPU. A single-worker backend working on long
+        calls cannot answer a ping, but it is busy, not hung; a stopped or
+        deadlocked one uses no CPU and answers nothing, so a hang is found within
+        interval x failures plus one ping. Without a local pid (a backend that runs
+        elsewhere) only answered calls count. A backend that burns CPU on a call
+        forever is caught once that call times out and nothing is in flight.
         """
         handle = replica.handle
         assert handle is not None
@@ -251,7 +251,6 @@ class Keeper:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + interval
         misses = 0
-        answers = replica.answers
         try:
             while True:
                 done, _ = await asyncio.wait({exited}, timeout=max(next_tick - loop.time(), 0))
@@ -259,6 +258,7 @@ class Keeper:
                     return f"backend {_ending(exited.result())}", False
                 # The next tick keeps the cadence, but never fires a burst to catch up.
                 next_tick = max(next_tick + interval, loop.time())
+                answers = replica.answers
                 cpu = await cpu_ticks(handle.pid) if replica.in_flight else None
                 if await ping(self._session, url, timeout):
                     alive = True
@@ -269,7 +269,6 @@ class Keeper:
                     if alive:
                         logger.debug("%s:%d missed a ping while busy with %d call(s)",
                                      handle.host, handle.port, replica.in_flight)  # fmt: skip
-                answers = replica.answers
                 if alive:
                     misses = 0
                     replica.healthy = True
