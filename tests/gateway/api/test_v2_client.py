@@ -258,5 +258,5 @@ def test_the_backends_own_error_keeps_the_protocol_shape(gateway: Gateway) -> No
     reply = gateway.post(f"/v2/models/{WINE}/versions/1/infer", json_body=body)
     assert reply.status == 400, reply.body
     error = reply.json()
-    assert error["error"].startswith("bad_request: ") or ": " in error["error"]
-    assert error["detail"] and error["detail"] in error["error"]
+    assert error["error_code"] == "BAD_REQUEST" and "column alcohol" in error["message"]
+    assert error["error"] == f"bad_request: {error['detail']}" and "'strong'" in error["detail"]
