@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from gateway.client import commands as client_commands
 from gateway.client.parsers import add_parsers as add_client_parsers
-from gateway.edge.request_ids import JsonAccessLogger, access_logger, configure_access_log
+from gateway.edge.request_ids import configure_access_log
+from gateway.edge.serving import Listen
+from gateway.edge.serving import run as run_app
 from gateway.settings import Settings, describe_errors
 
 logger = logging.getLogger("gateway")
@@ -121,16 +123,16 @@ def serve(settings: Settings, app: web.Application | None = None) -> None:
 
 
 def _run(settings: Settings, app: web.Application) -> None:
-    web.run_app(
-        app,
+    """Serve with the open-files limit raised, a cap on client connections, an idle
+    timeout, and a stop that answers requests already on their way (edge/serving)."""
+    listen = Listen(
         host=settings.host,
         port=settings.port,
+        max_connections=settings.max_client_connections,
+        keepalive_timeout=settings.keepalive_timeout,
         shutdown_timeout=settings.shutdown_timeout,
-        access_log_class=JsonAccessLogger,
-        access_log=access_logger,
-        loop=new_event_loop(),
-        print=lambda msg: logger.info("%s", msg),
     )
+    run_app(app, listen, new_event_loop)
 
 
 def demo(settings: Settings) -> None:

@@ -1,7 +1,10 @@
 """The gateway's error hierarchy and the one middleware that turns errors into JSON.
 
 Every error body is `{"error": "<short code>", "detail": "<human sentence>"}`.
-User mistakes map to 4xx here; only a bug gives a 500.
+User mistakes map to 4xx here; only a bug gives a 500. Neither costs more than
+one log line: a client's fault logs none here (the access log has it) or one
+budgeted line, and tracebacks of bugs are budgeted too, so no request pattern
+can make the gateway flood its own log.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.edge.client_errors import LogBudget, suppressed_note
 from supervisor.errors import BackendStartError, NoFreePort, NotDeployed, SupervisorError
 
 logger = logging.getLogger(__name__)
@@ -22,6 +26,7 @@ class GatewayError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    close_connection: bool = False  # the connection cannot carry another request
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -31,6 +36,13 @@ class GatewayError(Exception):
 
 class BadRequest(GatewayError):
     status, code = 400, "bad_request"
+
+
+class UnreadableBody(BadRequest):
+    """The body is not what its headers say: aiohttp's parser stops at the fault,
+    so the connection cannot carry another request and is closed."""
+
+    close_connection = True
 
 
 class Unauthorized(GatewayError):
@@ -73,6 +85,18 @@ class UnsupportedMediaType(GatewayError):
     status, code = 415, "unsupported_media_type"
 
 
+class TooManyRequests(GatewayError):
+    status, code = 429, "too_many_requests"
+
+
+class ClientClosedRequest(GatewayError):
+    """The client left before its request was read or answered (nginx's 499).
+
+    Nobody reads the answer; the status is for the access log and metrics."""
+
+    status, code = 499, "client_closed_request"
+
+
 class ModelNotReady(GatewayError):
     status, code = 503, "model_not_ready"
 
@@ -87,6 +111,12 @@ class BackendUnavailable(GatewayError):
 
 class BackendTimeout(GatewayError):
     status, code = 504, "backend_timeout"
+
+
+class BackendFailed(GatewayError):
+    """A backend answered with its own 5xx: the gateway relays it as a bad gateway."""
+
+    status, code = 502, "backend_error"
 
 
 class DeployFailed(GatewayError):
@@ -128,6 +158,7 @@ HTTP_CODES = {
     422: "unprocessable_entity",
     429: "too_many_requests",
     431: "headers_too_large",
+    499: "client_closed_request",
     500: "internal_error",
     502: "bad_gateway",
     503: "service_unavailable",
@@ -149,6 +180,23 @@ def from_supervisor(exc: SupervisorError) -> GatewayError:
     return InternalError("an unexpected supervisor error occurred; see the logs")
 
 
+# Lines per minute for clients that went away, and tracebacks per minute of each bug
+# (by where it was raised): a new bug is always seen, a repeated one cannot flood.
+_GONE_LINES = LogBudget(lines=10, interval=60.0)
+_BUG_LINES: dict[tuple[str, str, int], LogBudget] = {}
+
+
+def _bug_budget(exc: BaseException) -> LogBudget:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb is not None else None
+    where = (type(exc).__name__, code.co_filename if code else "", tb.tb_lineno if tb else 0)
+    if where not in _BUG_LINES and len(_BUG_LINES) >= 1000:
+        _BUG_LINES.clear()  # bounded: many different bugs at once reset the counts
+    return _BUG_LINES.setdefault(where, LogBudget(lines=3, interval=60.0))
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -156,7 +204,10 @@ async def error_middleware(
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+        response = error_response(exc.status, exc.code, exc.detail, exc.headers)
+        if exc.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -171,6 +222,23 @@ async def error_middleware(
     except SupervisorError as exc:
         mapped = from_supervisor(exc)
         return error_response(mapped.status, mapped.code, mapped.detail, mapped.headers)
-    except Exception:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "an unexpected error occurred; see the logs")
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        if request.transport is not None and not request.transport.is_closing():
+            return _unhandled(request, exc)  # not the client's connection: a bug
+        # The client went away mid-answer (a streamed export, say): nothing to send.
+        allowed, suppressed = _GONE_LINES.take()
+        if allowed:
+            logger.info("client left during %s %s: %s%s", request.method, request.path,
+                        exc, suppressed_note(suppressed))  # fmt: skip
+        return error_response(499, "client_closed_request", "the client closed the connection")
+    except Exception as exc:
+        return _unhandled(request, exc)
+
+
+def _unhandled(request: web.Request, exc: Exception) -> web.Response:
+    """A bug: its traceback logged (within the bug's budget), a 500 answered."""
+    allowed, suppressed = _bug_budget(exc).take()
+    if allowed:
+        logger.error("unhandled error on %s %s%s", request.method, request.path,
+                     suppressed_note(suppressed), exc_info=exc)  # fmt: skip
+    return error_response(500, "internal_error", "an unexpected error occurred; see the logs")

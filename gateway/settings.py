@@ -153,8 +153,18 @@ class Settings(BaseSettings):
     log_max_pending: int = Field(50_000, ge=1, validation_alias=_env("GATEWAY_LOG_MAX_PENDING"))
     """Records kept in memory while the store is down; beyond, they go to the spool file."""
 
+    log_max_rows_per_call: int = Field(
+        10_000, ge=1, validation_alias=_env("GATEWAY_LOG_MAX_ROWS_PER_CALL")
+    )
+    """Input rows (and their predictions) logged of one call; the rest are dropped and
+    counted as truncated (`truncated_rows` in /health)."""
+
     report_max_calls: int = Field(200_000, ge=1, validation_alias=_env("GATEWAY_REPORT_MAX_CALLS"))
     """Most recent logged calls a degradation report (and each monitoring pass) reads."""
+
+    report_max_mb: float = Field(32.0, gt=0, validation_alias=_env("GATEWAY_REPORT_MAX_MB"))
+    """Logged text (inputs and predictions, MiB) a report or live-metrics call reads at
+    most, newest calls first: bounds its memory however large the calls were."""
 
     log_sample: float = Field(1.0, ge=0, le=1, validation_alias=_env("GATEWAY_LOG_SAMPLE"))
     """Fraction of inference calls logged, chosen by a hash of the request id (not at
@@ -225,6 +235,17 @@ class Settings(BaseSettings):
 
     max_header_kb: int = Field(16, ge=1, le=1024, validation_alias=_env("GATEWAY_MAX_HEADER_KB"))
     """Largest request line or header field, in KiB (then 400)."""
+
+    max_client_connections: int = Field(
+        10_000, ge=1, validation_alias=_env("GATEWAY_MAX_CLIENT_CONNECTIONS")
+    )
+    """Client connections served at once; one more is answered 503 and closed at once
+    while the open ones are served. Lowered at start to what the open-files limit
+    (raised to its hard limit) can hold."""
+
+    keepalive_timeout: float = Field(15.0, gt=0, validation_alias=_env("GATEWAY_KEEPALIVE_TIMEOUT"))
+    """Seconds a client connection may sit idle, before its first request or between
+    two, before the gateway closes it."""
 
     log_level: str = Field("INFO", validation_alias=_env("GATEWAY_LOG_LEVEL"))
     """Python logging level of the gateway."""

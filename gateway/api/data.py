@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -25,12 +26,13 @@ from gateway.dataplane.proxy import lookup
 from gateway.edge.params import read_body, read_json_object, resolve_key, single_query
 from gateway.edge.request_ids import request_id
 from gateway.errors import (
+    BackendFailed,
     BadRequest,
     GatewayError,
     UnsupportedMediaType,
 )
 from gateway.quality import feedback as fb
-from gateway.quality.monitor import drift_config, last_calls
+from gateway.quality.monitor import drift_config
 from gateway.quality.report import DEFAULT_TOLERANCE, ReportInput, build_report, reference_frame
 from gateway.quality.scores import is_degraded, needs_classes, score_calls, score_feedback
 from gateway.records.privacy import parse_rules
@@ -42,13 +44,16 @@ from gateway.records.rows import (
     ordered_columns,
     prediction_values,
 )
-from gateway.records.stores.base import MetricsSnapshot
+from gateway.records.stores.base import InferenceRecord, MetricsSnapshot
+from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _SNAPSHOT_NAME = re.compile(r"metrics-\d{8}T\d{6}\d{6}Z(-\d+)?\.json")
 _FEEDBACK_KEYS = ("results", "timestamp")
 _INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# Serializes "pick a free snapshot name, then store it" within the process.
+_SNAPSHOT_LOCK = web.AppKey("snapshot_lock", asyncio.Lock)
 
 
 class BaselineNotFound(GatewayError):
@@ -149,15 +154,46 @@ async def dataset(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _chunks(source: AsyncIterator[Any], size: int = 500) -> AsyncIterator[list[Any]]:
-    chunk: list[Any] = []
+async def _chunks(
+    source: AsyncIterator[InferenceRecord], size: int = 500, max_chars: int = 2_000_000
+) -> AsyncIterator[list[InferenceRecord]]:
+    """Calls in chunks of at most `size`, and of about `max_chars` of logged text: a
+    chunk's rows are made in one go, so large calls make small chunks."""
+    chunk: list[InferenceRecord] = []
+    chars = 0
     async for item in source:
         chunk.append(item)
-        if len(chunk) >= size:
+        chars += _text_size(item)
+        if len(chunk) >= size or chars >= max_chars:
             yield chunk
-            chunk = []
+            chunk, chars = [], 0
     if chunk:
         yield chunk
+
+
+def _text_size(record: InferenceRecord) -> int:
+    return len(record.inputs or "") + len(record.predictions or "")
+
+
+async def _last_calls(
+    source: AsyncIterator[InferenceRecord], settings: Settings
+) -> tuple[list[InferenceRecord], bool]:
+    """The newest calls a report or live metrics read, and whether older ones were left.
+
+    At most GATEWAY_REPORT_MAX_CALLS calls and GATEWAY_REPORT_MAX_MB of their logged
+    text (the newest call always), so one report's memory is bounded however large
+    the calls were.
+    """
+    max_chars = int(settings.report_max_mb * 1024 * 1024)
+    window: deque[InferenceRecord] = deque()
+    chars, capped = 0, False
+    async for record in source:
+        window.append(record)
+        chars += _text_size(record)
+        while len(window) > 1 and (len(window) > settings.report_max_calls or chars > max_chars):
+            chars -= _text_size(window.popleft())
+            capped = True
+    return list(window), capped
 
 
 # ---------------------------------------------------------------- baselines
@@ -189,6 +225,7 @@ async def put_reference(request: web.Request) -> web.Response:
     body = await read_body(request)
     if not body.strip():
         raise BadRequest("send the reference data as a CSV body with a header row")
+    await _require_known(request, name, version)  # no data for a version that never was
 
     def check() -> tuple[int, list[str]]:
         frame = reference_frame(body)  # as the report will read it
@@ -213,18 +250,32 @@ def _snapshot_name(ts: float) -> str:
 
 
 def _feedback_timestamp(raw: Any) -> float:
+    """Seconds since the epoch of a snapshot, from a number or an ISO 8601 string.
+
+    It must name a moment a date can show (years 1 to 9999): the snapshot's name
+    and its `timestamp` are made from it.
+    """
+    ts: float | None = None
     if raw is None:
         return time.time()
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
-    if isinstance(raw, str):
+        ts = float(raw) if abs(raw) < 1e12 else None  # False for NaN; no float overflow
+    elif isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    raise BadRequest("timestamp must be an ISO 8601 string or seconds since the epoch")
+            ts = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
+            ts = None
+    try:
+        if ts is not None:
+            _snapshot_name(ts)
+            return ts
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise BadRequest(
+        "timestamp must be an ISO 8601 string or seconds since the epoch, between the"
+        " years 1 and 9999"
+    )
 
 
 async def _predict(request: web.Request, payload: dict[str, Any]) -> list[Any]:
@@ -237,6 +288,8 @@ async def _predict(request: web.Request, payload: dict[str, Any]) -> list[Any]:
     status, body = answer.status, answer.body
     if status >= 400:
         detail = body.decode("utf-8", "replace")[:2000]
+        if status >= 500:  # the backend failed, not the caller's inputs
+            raise BackendFailed(f"the model failed on the inputs ({status}): {detail}")
         raise PredictionFailed(f"the model rejected the inputs ({status}): {detail}")
     return prediction_values(body)
 
@@ -268,10 +321,30 @@ async def set_new_metrics(request: web.Request) -> web.Response:
     training = await store.get_reference(name, version) if needs_classes(names) else None
     values, skipped = await asyncio.to_thread(score_feedback, names, results, predictions, training)
     snapshot = MetricsSnapshot(_snapshot_name(ts), ts, values, skipped, len(results))
-    await store.add_snapshot(name, version, snapshot)
+    snapshot = await _add_snapshot(request, name, version, snapshot)
     body = snapshot.as_dict()
     body["baseline"] = baseline.metrics
     return web.json_response(body, status=201)
+
+
+async def _add_snapshot(
+    request: web.Request, name: str, version: str, snapshot: MetricsSnapshot
+) -> MetricsSnapshot:
+    """Store `snapshot` under a name the version's other snapshots do not have.
+
+    The name comes from the timestamp, so the same timestamp posted twice gets
+    `-1`, `-2`, ... (the original's file names allow the suffix).
+    """
+    store = request.app[STORE]
+    async with request.app[_SNAPSHOT_LOCK]:
+        taken = {s.name for s in await store.list_snapshots(name, version)}
+        stem, unique, n = snapshot.name.removesuffix(".json"), snapshot.name, 0
+        while unique in taken:
+            n += 1
+            unique = f"{stem}-{n}.json"
+        snapshot.name = unique
+        await store.add_snapshot(name, version, snapshot)
+    return snapshot
 
 
 async def new_metrics_file_names(request: web.Request) -> web.Response:
@@ -372,9 +445,8 @@ async def live_metrics(request: web.Request) -> web.Response:
         )
     start_ts = _epoch(start) if start else None
     end_ts = _end_epoch(end)
-    calls = await last_calls(
-        store.iter_records(name, version, start_ts, end_ts, labelled=True),
-        settings.report_max_calls,
+    calls, capped = await _last_calls(
+        store.iter_records(name, version, start_ts, end_ts, labelled=True), settings
     )
     names = list(baseline.metrics)
     training = await store.get_reference(name, version) if needs_classes(names) else None
@@ -393,7 +465,7 @@ async def live_metrics(request: web.Request) -> web.Response:
             "end_date": end.isoformat() if end else None,
             "n_calls": len(calls),
             "n_samples": rows,
-            "capped": len(calls) >= settings.report_max_calls,
+            "capped": capped,
             "metrics": values,
             "skipped": skipped,
             "baseline": baseline.metrics,
@@ -421,13 +493,13 @@ async def _report_input(request: web.Request, tolerance: float) -> ReportInput:
     key = request.match_info["key"]
     name, version = resolve_key(request, key)
     store, settings = request.app[STORE], request.app[SETTINGS]
-    records = await last_calls(store.iter_records(name, version), settings.report_max_calls)
+    records, capped = await _last_calls(store.iter_records(name, version), settings)
     hashed = frozenset(n for n, a in parse_rules(settings.log_redact).items() if a == "hash")
     inp = ReportInput(
         key=key, reference_csv=await store.get_reference(name, version), records=records,
         baseline=await store.get_baseline(name, version),
         snapshots=await store.list_snapshots(name, version), now=time.time(),
-        tolerance=tolerance, records_capped=len(records) >= settings.report_max_calls,
+        tolerance=tolerance, records_capped=capped,
         config=drift_config(settings, hashed),
     )  # fmt: skip
     has_data = bool(records or inp.reference_csv or inp.baseline or inp.snapshots)
@@ -466,6 +538,7 @@ async def report_page(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[_SNAPSHOT_LOCK] = asyncio.Lock()
     r = app.router
     r.add_get("/model/{key}/dataset", dataset)
     r.add_get("/model/{key}/metrics", get_metrics)

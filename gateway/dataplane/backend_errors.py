@@ -8,6 +8,11 @@ MLflow clients keep working. The stack trace stays out unless the operator asks
 for it (GATEWAY_BACKEND_STACK_TRACES): it shows server internals to callers.
 Only error answers (4xx/5xx held whole) pass here; successful bodies are never
 parsed.
+
+A backend's 4xx is the caller's mistake and keeps its status. A backend's 5xx
+(MLflow answers 500 to JSON nested deeper than its parser goes, for one) is a
+failure of the backend, not of the gateway: the caller gets 502 `backend_error`
+with the backend's status, error code and message, never a gateway 500.
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ def backend_error_response(
             "error": HTTP_CODES.get(status, "backend_error"),
             "detail": text[:_MAX_TEXT] or f"the backend answered {status}",
         }
+    if status >= 500:
+        rendered = _as_bad_gateway(status, rendered)
     passed = {k: v for k, v in headers if k.lower() not in ("content-type", "content-length")}
     return web.Response(
-        status=status,
+        status=502 if status >= 500 else status,
         body=json.dumps(rendered).encode(),
         content_type="application/json",
         headers=passed,
@@ -72,3 +79,17 @@ def _from_json(status: int, body: bytes, keep_trace: bool) -> dict[str, Any] | N
     if keep_trace and "stack_trace" in data:
         rendered["stack_trace"] = data["stack_trace"]
     return rendered
+
+
+def _as_bad_gateway(status: int, rendered: dict[str, Any]) -> dict[str, Any]:
+    """A backend's own 5xx, as the 502 the caller gets: the backend's words kept."""
+    message = rendered.get("message") if isinstance(rendered.get("message"), str) else None
+    said = message or rendered.get("detail")
+    return {
+        **rendered,
+        "error": "backend_error",
+        "detail": f"the backend failed with {status}: {said}"[:_MAX_TEXT],
+        "backend_status": status,
+        "error_code": rendered.get("error_code") or HTTP_CODES.get(status, "backend_error"),
+        "message": message if message is not None else str(said),
+    }

@@ -5,8 +5,17 @@ classes: open (`/health`, the OpenAPI document and docs), metrics (open unless
 GATEWAY_METRICS_AUTH), inference (GATEWAY_INFERENCE_TOKEN, or the admin token)
 and admin (everything else: GATEWAY_ADMIN_TOKEN). Valid Basic credentials pass
 both inference and admin routes, as the original's nginx accounts did.
-Comparisons are constant-time; bcrypt runs in a thread and its verdicts are
-cached by a digest of the credentials, so a hot client pays one hash once.
+Comparisons are constant-time; bcrypt verdicts are cached by a digest of the
+credentials, so a hot client pays one hash once.
+
+Bad credentials must not be a cheap way to hurt the gateway: bcrypt runs in a
+small pool of its own (a flood never starves the default thread pool that
+exports, reports and the log writer share), with a bound on checks waiting; an
+unknown user is checked against a dummy hash of the same cost (it answers no
+faster than a known one: no user enumeration by timing); and an address that
+keeps failing backs off (429 at once, no bcrypt) while valid tokens and
+already verified credentials still pass, since many users may share an
+address behind a proxy.
 """
 
 from __future__ import annotations
@@ -17,15 +26,20 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
 
+import bcrypt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from gateway.errors import Forbidden, Unauthorized
+from gateway.edge.auth_backoff import FailureBackoff
+from gateway.errors import Forbidden, TooManyRequests, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +65,24 @@ def load_htpasswd(path: Path) -> dict[str, bytes]:
     return users
 
 
+CheckPassword = Callable[[bytes, bytes], bool]
+_COST = re.compile(rb"\$2[aby]\$(\d\d)\$")
+
+
+def dummy_hash(users: dict[str, bytes]) -> bytes:
+    """A bcrypt hash of a random password, at the highest cost the users' hashes have."""
+    costs = [int(m.group(1)) for h in users.values() if (m := _COST.match(h))]
+    rounds = max(costs, default=12)
+    return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=rounds))
+
+
 class Authenticator:
     """Decides whether a request may reach its route."""
 
     CACHE_SECONDS = 300.0
+    BCRYPT_THREADS = 2
+    # Checks waiting for a bcrypt thread; more get 429 at once instead of queueing.
+    MAX_WAITING_CHECKS = 32
 
     def __init__(
         self,
@@ -62,12 +90,27 @@ class Authenticator:
         inference_token: str | None,
         htpasswd: dict[str, bytes] | None,
         metrics_need_auth: bool,
+        *,
+        checkpw: CheckPassword = bcrypt.checkpw,
+        backoff: FailureBackoff | None = None,
     ) -> None:
         self._admin = admin_token.encode() if admin_token else None
         self._inference = inference_token.encode() if inference_token else None
         self._users = htpasswd or {}
         self._metrics_need_auth = metrics_need_auth
         self._verified: dict[bytes, float] = {}
+        self._checkpw = checkpw
+        self._backoff = backoff or FailureBackoff()
+        # Made once at start-up (one hash: tenths of a second), only when there are users.
+        self._dummy = dummy_hash(self._users) if self._users else b""
+        self._pool: ThreadPoolExecutor | None = None
+        self._checks = 0  # running or waiting for a bcrypt thread
+
+    def close(self) -> None:
+        """Let the bcrypt threads go (they finish the check they are on)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     @property
     def enabled(self) -> bool:
@@ -95,6 +138,7 @@ class Authenticator:
         header = request.headers.get(hdrs.AUTHORIZATION, "")
         kind, _, value = header.partition(" ")
         kind = kind.lower()
+        address = request.remote or ""
         if kind == "bearer" and value:
             token = value.strip().encode()
             if self._admin and hmac.compare_digest(token, self._admin):
@@ -103,10 +147,14 @@ class Authenticator:
                 if scope is Scope.INFERENCE:
                     return
                 raise Forbidden("the inference token does not grant management access")
+            self._refuse_if_backing_off(address)
+            self._backoff.failed(address)
             raise Unauthorized("the bearer token is not valid", headers=self._challenge())
         if kind == "basic" and value and self._users:
-            if await self._basic_ok(value.strip()):
+            if await self._basic_ok(value.strip(), address):
+                self._backoff.succeeded(address)
                 return
+            self._backoff.failed(address)
             raise Unauthorized("the user name or password is not valid", headers=self._challenge())
         raise Unauthorized(
             "this endpoint needs credentials: Authorization: Bearer <token>"
@@ -114,28 +162,50 @@ class Authenticator:
             headers=self._challenge(),
         )
 
-    async def _basic_ok(self, encoded: str) -> bool:
+    def _refuse_if_backing_off(self, address: str) -> None:
+        wait = self._backoff.retry_after(address)
+        if wait:
+            raise TooManyRequests(
+                f"too many failed credentials from this address; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
+    async def _basic_ok(self, encoded: str, address: str) -> bool:
         try:
             user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
+            user, sep, password = "", "", ""
         digest = hashlib.sha256(f"{user}\0{password}".encode()).digest()
         now = time.monotonic()
-        if self._verified.get(digest, 0.0) > now:
-            return True
-        hashed = self._users.get(user)
-        if hashed is None:
+        if sep and self._verified.get(digest, 0.0) > now:
+            return True  # verified before: no bcrypt, back-off or not
+        self._refuse_if_backing_off(address)
+        if not sep:
             return False
-        import bcrypt
-
-        ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed)
+        # An unknown user costs the same bcrypt check as a known one.
+        hashed = self._users.get(user)
+        ok = await self._bcrypt(password.encode(), hashed or self._dummy) and hashed is not None
         if ok:
             if len(self._verified) > 10_000:
                 self._verified.clear()
             self._verified[digest] = now + self.CACHE_SECONDS
         return ok
+
+    async def _bcrypt(self, password: bytes, hashed: bytes) -> bool:
+        """One bcrypt check in the dedicated pool, or 429 when too many wait for it."""
+        if self._checks >= self.MAX_WAITING_CHECKS:
+            raise TooManyRequests(
+                "too many credential checks in progress; try again shortly",
+                headers={"Retry-After": "1"},
+            )
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.BCRYPT_THREADS, thread_name_prefix="bcrypt")
+        self._checks += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._checkpw, password, hashed)
+        finally:
+            self._checks -= 1
 
 
 ScopeOf = Callable[[web.Request], Scope]

@@ -154,7 +154,7 @@ class InferenceLogger:
     async def _run(self) -> None:
         backoff = self.flush_interval
         # Partial spool files of an earlier process are dropped; whole ones replayed.
-        self._replay_due = bool(await asyncio.to_thread(self.spool.files))
+        self._replay_due = bool(await asyncio.to_thread(self.spool.recover))
         while True:
             if not self.depth and not self._replay_due:
                 self._wake.clear()
