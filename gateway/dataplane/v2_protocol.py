@@ -276,8 +276,14 @@ def _input(item: Any, binary: bytes, offset: int) -> tuple[InputTensor, int]:
         data = _from_binary(name, datatype, binary[offset : offset + size])
         used = size
     else:
-        data = _from_json(name, datatype, item.get("data"))
-        used = 0
+        raw, used = item.get("data"), 0
+        allowed = _JSON_VALUE_TYPES.get(datatype)
+        if allowed is None or type(raw) is not list:
+            raise _json_mistake(name, datatype)
+        data = _flatten(raw)
+        for value in data:
+            if type(value) not in allowed:
+                raise BadTensor(f"input {name!r} is {datatype} but holds {value!r}")
     if len(data) != count:
         raise BadTensor(
             f"input {name!r} has shape {shape}, {count} values, but its data holds {len(data)}"
@@ -285,18 +291,11 @@ def _input(item: Any, binary: bytes, offset: int) -> tuple[InputTensor, int]:
     return InputTensor(name, datatype, shape, data), used
 
 
-def _from_json(name: str, datatype: str, data: Any) -> list[Any]:
-    allowed = _JSON_VALUE_TYPES.get(datatype)
-    if allowed is None:
+def _json_mistake(name: str, datatype: str) -> BadTensor:
+    if datatype not in _JSON_VALUE_TYPES:
         hint = " in JSON; send it as binary data" if datatype in NUMPY_DTYPES else ""
-        raise BadTensor(f"input {name!r}: datatype {datatype!r} is not supported{hint}")
-    if not isinstance(data, list):
-        raise BadTensor(f"input {name!r} needs 'data' (a list) or binary_data_size")
-    flat = _flatten(data)
-    for value in flat:
-        if type(value) not in allowed:
-            raise BadTensor(f"input {name!r} is {datatype} but holds {value!r}")
-    return flat
+        return BadTensor(f"input {name!r}: datatype {datatype!r} is not supported{hint}")
+    return BadTensor(f"input {name!r} needs 'data' (a list) or binary_data_size")
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -404,8 +403,9 @@ def _dataframe_split(inputs: list[InputTensor], spec: ModelSpec) -> dict[str, An
         if rows >= 0 and shape[0] != rows:
             raise BadTensor(f"input {tensor.name!r} has {shape[0]} rows, the other inputs {rows}")
         rows = shape[0]
-    columns = [_column(t, spec.by_name.get(t.name)) for t in inputs]
-    data = [list(row) for row in zip(*columns, strict=True)]
+    columns = [t.data if t.datatype != "BYTES" else _column(t, spec.by_name.get(t.name))
+               for t in inputs]  # fmt: skip
+    data = list(zip(*columns, strict=True))  # tuples: json.dumps writes them as lists
     if spec.positional_columns:
         return {"data": data}
     return {"columns": [t.name for t in inputs], "data": data}
