@@ -301,16 +301,29 @@ def test_report_with_feedback_shows_metric_decline(gw: Gateway, wine: pd.DataFra
     assert latest.set_index("metric").loc["accuracy", "degraded"]
 
 
-def test_report_without_data_says_what_is_missing(gw: Gateway, wine: pd.DataFrame) -> None:
+@pytest.fixture(scope="module")
+def unserved(registry: RegistryInfo) -> str:
+    """A registered version that is never deployed: data endpoints need it in the registry
+    (PUT reference of a version the registry does not know is a 404)."""
+    from gateway.deploy.demo import train_and_register
+
+    model = train_and_register(registry.tracking_uri, "unserved-model",
+                               artifact_location=registry.root / "artifacts")  # fmt: skip
+    return f"{model.name}-{model.version}"
+
+
+def test_report_without_data_says_what_is_missing(
+    gw: Gateway, wine: pd.DataFrame, unserved: str
+) -> None:
     # A key known only by its reference data: the report builds and names what is missing.
     reply = gw.request(
         "PUT",
-        "/model/reference-only-1/reference",
+        f"/model/{unserved}/reference",
         body=wine.head(10).to_csv(index=False).encode(),
         headers={"Content-Type": "text/csv"},
     )
     assert reply.status == 200, reply.body
-    summary = gw.get("/model/reference-only-1/degradation_report?format=json").json()
+    summary = gw.get(f"/model/{unserved}/degradation_report?format=json").json()
     assert summary["status"] == "insufficient_data"
     assert not any("reference data" in m for m in summary["missing"])
     assert any("logged inputs" in m for m in summary["missing"])
@@ -367,19 +380,25 @@ def test_history_outlives_the_registry_entry(gw: Gateway) -> None:
     assert any("reference data" in m for m in summary.json()["missing"])
 
 
-def test_reference_upload(gw: Gateway, wine: pd.DataFrame) -> None:
+def test_reference_upload(gw: Gateway, wine: pd.DataFrame, unserved: str) -> None:
     reply = gw.request(
         "PUT",
-        "/model/custom-1/reference",
+        f"/model/{unserved}/reference",
         body=wine.head(30).to_csv(index=False).encode(),
         headers={"Content-Type": "text/csv"},
     )
     assert reply.status == 200, reply.body
     assert reply.json()["rows"] == 30
     bad = gw.request(
-        "PUT", "/model/custom-1/reference", body=b"", headers={"Content-Type": "text/csv"}
+        "PUT", f"/model/{unserved}/reference", body=b"", headers={"Content-Type": "text/csv"}
     )
     assert bad.status == 400
+    # A version the registry does not know takes no data.
+    unknown = gw.request(
+        "PUT", "/model/nonexistent-9/reference", body=b"a\n1\n",
+        headers={"Content-Type": "text/csv"},
+    )  # fmt: skip
+    assert unknown.status == 404
 
 
 def test_a_locked_store_loses_nothing(gw: Gateway, wine: pd.DataFrame) -> None:
