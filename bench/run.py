@@ -13,7 +13,10 @@ cancels out:
 - deploy-to-ready seconds and resident memory per deployment, lean vs
   `mlflow models serve`, and the two backends' own requests/s;
 - Open Inference Protocol (V2) infer vs `/invocations`, both through the gateway, with
-  the real model and in front of the trivial backend.
+  the real model and in front of the trivial backend;
+- Ray placement across two network namespaces (root and iproute2): through the gateway on
+  host A to a backend on host B vs calling that backend directly from A, deploy-to-ready
+  on Ray vs local, and the resident memory Ray adds per node.
 
 Pinning: with `taskset` available and at least 2 cores, wrk runs on the last
 core and every server on the others, so load generation never steals CPU from
@@ -127,6 +130,7 @@ class Bench:
     pin_mode: str = "backend"
     servers: list[Server] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
+    wrk_prefix: list[str] = field(default_factory=list)  # e.g. run wrk on another host
 
     def spawn(
         self, name: str, argv: list[str], env: dict[str, str], port: int, front: bool = False
@@ -179,6 +183,7 @@ class Bench:
                 "-s", str(REPO / "bench" / "post.lua"), url]  # fmt: skip
         if self.pin:
             argv = ["taskset", "-c", self.pin[1], *argv]
+        argv = [*self.wrk_prefix, *argv]
         out = subprocess.run(argv, env={**os.environ, "BENCH_BODY": str(body)},
                              capture_output=True, text=True, timeout=self.duration + 60,
                              check=True).stdout  # fmt: skip
@@ -566,6 +571,105 @@ def section_v2(s: Setup) -> None:
         )
 
 
+def section_ray(s: Setup) -> None:
+    print(
+        "\n== Ray placement: the gateway on host A, its backend on host B (two network namespaces)"
+    )
+    sys.path.insert(0, str(REPO))  # the cluster tests' two-host set-up, measured as tested
+    from tests.cluster.two_hosts import TwoHosts, why_not
+
+    if why_not():
+        print(f"   skipped: {why_not()}")
+        return
+    pin = s.bench.pin
+    hosts = TwoHosts(s.bench.work / "hosts").up()
+    try:
+        hosts.start_ray(pin=pin[0] if pin else None)  # the backends run on B, on these cores
+        uri = hosts.start_mlflow()
+        hosts.register(uri, MODEL)
+        quiet = {"GATEWAY_LOG_INPUTS": "0", "GATEWAY_LOG_LEVEL": "WARNING"}
+        on_ray = hosts.start_gateway("gw-ray", uri, 7000, pin=pin[1] if pin else None, **quiet)
+        # Local backends are the gateway's children and inherit its (the backends') cores.
+        local = hosts.start_gateway("gw-local", uri, 7001, pin=pin[0] if pin else None,
+                                    GATEWAY_PLACEMENT="local", **quiet)  # fmt: skip
+        costs = {
+            "ray": ray_deploy_cost(hosts, on_ray, 3),
+            "local": ray_deploy_cost(hosts, local, 3),
+        }
+        for name, cost in costs.items():
+            print(f"   deploy-to-ready, {name:<5}: {cost['deploy_seconds']:.2f} s (median of 3)")
+        ratio = costs["ray"]["deploy_seconds"] / costs["local"]["deploy_seconds"]
+        print(f"   ray/local deploy-to-ready: x{ratio:.2f}")
+        s.bench.results.append(
+            {"scenario": "deploy-to-ready, ray vs local", **costs, "ratio": ratio}
+        )
+
+        status, body = hosts.http(
+            "POST", f"{on_ray}/deploy/{MODEL}/1?resources=%7B%22host_b%22%3A1%7D"
+        )
+        if status != 201:
+            raise RuntimeError(f"deploy on Ray failed: {status} {body}")
+        time.sleep(1.0)  # let the server settle after its first answer
+        memory = ray_memory(hosts)
+        # The gateway's own connection to the cluster (a Ray driver in its process).
+        memory["gateway_driver_mb"] = group_rss_mb(hosts.gateways["gw-ray"].pid) - group_rss_mb(
+            hosts.gateways["gw-local"].pid
+        )
+        print(f"   Ray's resident memory: head node {memory['head_node_mb']:.0f} MB, worker node"
+              f" {memory['worker_node_mb']:.0f} MB, each replica's actor {memory['actor_mb']:.0f} MB"
+              f" (next to its {memory['backend_mb']:.0f} MB scoring server), and"
+              f" {memory['gateway_driver_mb']:.0f} MB more in the gateway")  # fmt: skip
+        s.bench.results.append({"scenario": "ray memory", **memory})
+
+        direct = f"{body['replicas'][0]['endpoint']}/invocations"
+        s.bench.wrk_prefix = ["ip", "netns", "exec", hosts.a]  # wrk runs on host A
+        for c in (1, 16, 64):
+            s.bench.compare("direct vs gateway (Ray, across hosts)", ("direct", direct),
+                            ("gateway", f"{on_ray}/{KEY}"), s.body["1row"], c)  # fmt: skip
+    finally:
+        s.bench.wrk_prefix = []
+        hosts.down()
+
+
+def ray_deploy_cost(hosts: Any, gw: str, cycles: int) -> dict[str, Any]:
+    """Median seconds a deploy call takes to answer (backend ready), from host A."""
+    times = []
+    for _ in range(cycles):
+        status, body, seconds = hosts.timed_http("POST", f"{gw}/deploy/{MODEL}/1")
+        if status != 201:
+            raise RuntimeError(f"deploy on {gw} failed: {status} {body}")
+        times.append(seconds)
+        hosts.http("POST", f"{gw}/undeploy/{KEY}")
+    return {"deploy_seconds": statistics.median(times), "deploy_seconds_all": times}
+
+
+def ray_memory(hosts: Any) -> dict[str, float]:
+    """Resident memory of Ray's own processes on each host, and of one replica's actor."""
+
+    def rss(ns: str, kind: str) -> float:
+        total = 0
+        for pid in hosts.pids(ns):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            actor = cmd.startswith("ray::BackendActor")
+            ray_process = "site-packages/ray/" in cmd or cmd.startswith("ray::")
+            backend = "uvicorn" in cmd
+            if (
+                (kind == "ray" and ray_process and not actor)
+                or (kind == "actor" and actor)
+                or (kind == "backend" and backend)
+            ):
+                total += next(int(line.split()[1]) for line in status.splitlines()
+                              if line.startswith("VmRSS:"))  # fmt: skip
+        return total / 1024
+
+    return {"head_node_mb": rss(hosts.a, "ray"), "worker_node_mb": rss(hosts.b, "ray"),
+            "actor_mb": rss(hosts.b, "actor"), "backend_mb": rss(hosts.b, "backend")}  # fmt: skip
+
+
 SECTIONS = {
     "direct": section_direct,
     "trivial": section_trivial,
@@ -575,6 +679,7 @@ SECTIONS = {
     "replicas": section_replicas,
     "deploy": section_deploy,
     "v2": section_v2,
+    "ray": section_ray,
 }
 
 

@@ -21,7 +21,6 @@ reused connection the backend closed (see `UpstreamPool.resend_dropped`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from gateway.settings import Settings
 from supervisor.placement.local import CommandFactory
@@ -218,8 +218,10 @@ class NodeCommand:
     The Ray placement pickles it to the node and calls it inside the backend's
     actor, so it carries only what the node cannot know (the registry, the
     launcher's choice) and no secret, path or environment of the gateway's host:
-    the node's own Python, PATH and temp dir are used, and the lean launcher
-    downloads the model's artifacts there, from the tracking server.
+    the node's own Python, PATH and temp dir are used. The lean launcher's
+    backend process first downloads the model's artifacts on the node, from the
+    tracking server, then becomes MLflow's scoring server (`serve_on_node`): the
+    actor, resident for the backend's whole life, never loads MLflow.
     """
 
     tracking_uri: str
@@ -233,12 +235,29 @@ class NodeCommand:
             return Command(custom_argv(self.template, record, port, host), env)
         if self.launcher != "lean" or record.env_manager != "local":
             return Command(mlflow_serve_argv(record, port, host, self.workers), env)
-        import mlflow
+        digest = hashlib.sha256(self.tracking_uri.encode()).hexdigest()[:12]
+        spec = {
+            "model": record.model_name, "version": record.version, "port": port, "host": host,
+            "workers": self.workers,
+            "path": str(Path(tempfile.gettempdir()) / "modelgw-ray" / "models" / digest
+                        / record.model_name / record.version),
+        }  # fmt: skip
+        return Command([sys.executable, "-m", __name__, json.dumps(spec)], env)
 
-        mlflow.set_tracking_uri(self.tracking_uri)  # this actor's process only
-        mlflow.set_registry_uri(self.tracking_uri)
-        path = await _node_cache(self.tracking_uri).fetch(record.model_name, record.version)
-        return lean_command(path, port, host, self.workers, env)
+
+def serve_on_node(spec: dict[str, Any]) -> NoReturn:
+    """The lean backend's process on a Ray node: fetch the model, then exec its server.
+
+    Same pid after the exec, so the parent-death signal and process group the
+    actor gave it still hold. Two replicas fetching at once are fine (see _download).
+    """
+    path = Path(spec["path"])
+    model_uri = f"models:/{spec['model']}/{spec['version']}"
+    print(f"fetching {model_uri} into {path}", flush=True)
+    _download(model_uri, path)  # the registry comes from MLFLOW_TRACKING_URI
+    command = lean_command(path, spec["port"], spec["host"], spec["workers"], dict(os.environ))
+    print(f"starting MLflow's scoring server on {spec['host']}:{spec['port']}", flush=True)
+    os.execve(command.argv[0], command.argv, command.env)
 
 
 def node_command(settings: Settings) -> NodeCommand:
@@ -262,8 +281,5 @@ def backend_environment(base: Mapping[str, str], tracking_uri: str, workers: int
     return env
 
 
-@functools.cache
-def _node_cache(tracking_uri: str) -> ArtifactCache:
-    """One artifact cache per registry in a node's temp dir, shared by its actors' downloads."""
-    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
-    return ArtifactCache(Path(tempfile.gettempdir()) / "modelgw-ray" / "models" / digest)
+if __name__ == "__main__":
+    serve_on_node(json.loads(sys.argv[1]))

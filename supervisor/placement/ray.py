@@ -27,9 +27,10 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from supervisor.errors import BackendStartError
-from supervisor.placement.base import BackendHandle, Placement
+from supervisor.placement.base import Placement
 from supervisor.placement.ray_actor import BackendActor, NodeCommandFactory, fingerprint
 from supervisor.placement.ray_cluster import RayConnection
+from supervisor.placement.ray_handle import CALL_TIMEOUT, RayHandle, call, reason
 from supervisor.placement.ray_scheduling import ResourceRequest, Unschedulable, choose_node
 from supervisor.state_store import DeploymentRecord, SavedBackend, StateStore
 
@@ -40,9 +41,7 @@ Preflight = Callable[[DeploymentRecord, int], Awaitable[None]]
 ValueError with a sentence for the user (e.g. model files only this host has)."""
 
 _RemoteActor: Any = ray.remote(BackendActor)
-_CALL_TIMEOUT = 10.0  # a question to a live actor (describe, log_tail)
 _SUSPECT_SECONDS = 60.0  # how long a node that lost a backend is placed last
-_TAIL_LINES = 200  # output kept from an actor before it is killed
 
 
 def actor_name(key: str, replica: int) -> str:
@@ -52,94 +51,6 @@ def actor_name(key: str, replica: int) -> str:
 def parse_actor_name(name: str) -> tuple[str, int] | None:
     key, sep, index = name.rpartition("#")
     return (key, int(index)) if sep and key and index.isdigit() else None
-
-
-class RayHandle(BackendHandle):
-    """A backend that a named actor runs on some node of the cluster."""
-
-    def __init__(self, actor: Any, info: dict[str, Any], on_lost: Callable[[str], None]) -> None:
-        self.actor = actor
-        self.ref = str(info["name"])
-        self.node = str(info["node_id"])
-        self.host = str(info["host"])
-        self.port = int(info["port"])
-        self.pid = None  # not a process of this machine
-        self.child_pid: int | None = info.get("child_pid")
-        """The backend's pid on its node (for operators and tests)."""
-        self.worker_pid: int | None = info.get("worker_pid")
-        self._on_lost = on_lost
-        self._tail = ""
-        self._stopping = False
-        self._killed = False
-        self._actor_gone = False  # lost with its node: calls to it would only wait
-        self._stop_lock = asyncio.Lock()
-        self._ended: asyncio.Future[int | str] = asyncio.get_running_loop().create_future()
-        self._watcher = asyncio.ensure_future(self._watch())
-
-    @property
-    def alive(self) -> bool:
-        return not self._ended.done()
-
-    async def wait_exit(self) -> int | str:
-        return await asyncio.shield(self._ended)
-
-    async def stop(self, grace: float) -> None:
-        async with self._stop_lock:
-            if self._killed:
-                return
-            self._stopping = True
-            if self.alive:
-                try:
-                    await asyncio.wait_for(_call(self.actor.stop, grace), grace + _CALL_TIMEOUT)
-                except (RayError, TimeoutError) as exc:
-                    logger.info("%s: no graceful stop (%s); killing its actor", self.ref,
-                                _reason(exc))  # fmt: skip
-            await self._keep_tail()
-            # Through the cluster's control plane: also frees the name and the
-            # resources of an actor whose node is gone.
-            await asyncio.to_thread(ray.kill, self.actor, no_restart=True)
-            self._killed = True
-            self._end("stopped")
-            self._watcher.cancel()
-
-    async def log_tail(self, lines: int = 25) -> str:
-        if not self._killed and not self._actor_gone:
-            await self._keep_tail()
-        return "\n".join(self._tail.splitlines()[-lines:])
-
-    async def release(self) -> None:
-        """Stop watching; the actor keeps running (for the next gateway to attach)."""
-        self._watcher.cancel()
-        await asyncio.wait({self._watcher})
-
-    async def _keep_tail(self) -> None:
-        if self._actor_gone:
-            return  # its output stayed on the lost node: keep what was read before
-        try:
-            self._tail = await asyncio.wait_for(
-                _call(self.actor.log_tail, _TAIL_LINES), _CALL_TIMEOUT
-            )
-        except (RayError, TimeoutError):
-            pass  # the actor (or its node) is gone: keep what was read before
-
-    async def _watch(self) -> None:
-        try:
-            code = await _call(self.actor.wait_exit)
-        except RayActorError as exc:
-            # Killed, or its node (or the link to it) is lost: no exit code to give.
-            if not self._stopping:
-                self._actor_gone = True
-                self._on_lost(self.node)
-            self._end(f"its Ray actor is gone: {_reason(exc)}")
-        except RayError as exc:
-            self._end(f"Ray could not watch it: {_reason(exc)}")
-        else:
-            await self._keep_tail()
-            self._end(int(code))
-
-    def _end(self, outcome: int | str) -> None:
-        if not self._ended.done():
-            self._ended.set_result(outcome)
 
 
 class RayPlacement(Placement):
@@ -284,8 +195,8 @@ class RayPlacement(Placement):
             actor = await self._lookup(entry["name"])
             if actor is not None:
                 try:
-                    await asyncio.wait_for(_call(actor.stop, self._stop_timeout),
-                                           self._stop_timeout + _CALL_TIMEOUT)  # fmt: skip
+                    await asyncio.wait_for(call(actor.stop, self._stop_timeout),
+                                           self._stop_timeout + CALL_TIMEOUT)  # fmt: skip
                 except (RayError, TimeoutError):
                     pass
                 await asyncio.to_thread(ray.kill, actor, no_restart=True)
@@ -308,7 +219,7 @@ class RayPlacement(Placement):
     ) -> dict[str, Any]:
         """Wait until Ray placed the actor (bounded), then start the backend through it."""
         try:
-            await asyncio.wait_for(_call(actor.where), self._schedule_timeout)
+            await asyncio.wait_for(call(actor.where), self._schedule_timeout)
         except TimeoutError:
             free = await asyncio.to_thread(ray.available_resources)
             raise BackendStartError(
@@ -318,17 +229,17 @@ class RayPlacement(Placement):
             ) from None
         except RayActorError as exc:
             raise BackendStartError(
-                f"the actor of {name} died while starting: {_reason(exc)}"
+                f"the actor of {name} died while starting: {reason(exc)}"
             ) from None
         try:
-            info: dict[str, Any] = await _call(actor.launch, self._factory, record)
+            info: dict[str, Any] = await call(actor.launch, self._factory, record)
         except RayTaskError as exc:
             cause = exc.cause if exc.cause is not None else exc
-            raise BackendStartError(f"could not start {name} on its node: {_reason(cause)}",
+            raise BackendStartError(f"could not start {name} on its node: {reason(cause)}",
                                     getattr(cause, "log_tail", "")) from None  # fmt: skip
         except RayActorError as exc:
             raise BackendStartError(
-                f"the actor of {name} died while starting: {_reason(exc)}"
+                f"the actor of {name} died while starting: {reason(exc)}"
             ) from None
         return info
 
@@ -341,11 +252,11 @@ class RayPlacement(Placement):
     async def _adopt(self, actor: Any, record: DeploymentRecord) -> RayHandle | None:
         """A handle of a running actor that serves `record`; otherwise it is killed."""
         try:
-            info = await asyncio.wait_for(_call(actor.describe), _CALL_TIMEOUT)
+            info = await asyncio.wait_for(call(actor.describe), CALL_TIMEOUT)
         except (RayError, TimeoutError) as exc:
             info = None
             logger.info("actor %s does not answer (%s)", getattr(actor, "_ray_actor_id", "?"),
-                        _reason(exc))  # fmt: skip
+                        reason(exc))  # fmt: skip
         usable = (
             info is not None
             and info["fingerprint"] == fingerprint(record)
@@ -360,7 +271,7 @@ class RayPlacement(Placement):
 
     async def _until_name_free(self, name: str | None) -> None:
         # A killed actor frees its name at once; bounded all the same.
-        deadline = time.monotonic() + _CALL_TIMEOUT
+        deadline = time.monotonic() + CALL_TIMEOUT
         while name is not None and time.monotonic() < deadline:
             if await self._lookup(name) is None:
                 return
@@ -391,16 +302,6 @@ class RayPlacement(Placement):
     def _avoid(self) -> set[str]:
         now = time.monotonic()
         return {n for n, since in self._suspects.items() if now - since < _SUSPECT_SECONDS}
-
-
-async def _call(method: Any, *args: Any) -> Any:
-    """Call an actor method and await its result without blocking the loop."""
-    return await method.remote(*args)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _resources(free: dict[str, float]) -> str:

@@ -34,10 +34,11 @@ FAST_HEALTH_CHECKS = json.dumps({
     "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0,
 })  # fmt: skip
 _CLIENT = """
-import json, sys, urllib.error, urllib.request
+import json, sys, time, urllib.error, urllib.request
 method, url, body, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 req = urllib.request.Request(url, data=body.encode() or None, method=method,
                              headers={"Content-Type": "application/json"})
+started = time.monotonic()
 try:
     with urllib.request.urlopen(req, timeout=timeout) as reply:
         status, data = reply.status, reply.read()
@@ -45,7 +46,8 @@ except urllib.error.HTTPError as exc:
     status, data = exc.code, exc.read()
 except OSError as exc:
     status, data = 0, str(exc).encode()
-print(json.dumps({"status": status, "body": data.decode(errors="replace")}))
+seconds = time.monotonic() - started
+print(json.dumps({"status": status, "body": data.decode(errors="replace"), "seconds": seconds}))
 """
 
 
@@ -64,6 +66,7 @@ class TwoHosts:
     work: Path
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    gateways: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Short: Ray's socket paths under it must fit in 107 bytes.
     ray_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ray_mgw2_")))
 
@@ -151,14 +154,22 @@ class TwoHosts:
         self, method: str, url: str, body: Any = None, timeout: float = 180
     ) -> tuple[int, Any]:
         """An HTTP call made from host A (a client beside the gateway)."""
+        status, answer, _ = self.timed_http(method, url, body, timeout)
+        return status, answer
+
+    def timed_http(
+        self, method: str, url: str, body: Any = None, timeout: float = 180
+    ) -> tuple[int, Any, float]:
+        """Like `http`, with the seconds the call took (timed on host A)."""
         payload = "" if body is None else json.dumps(body)
         out = self.run(self.a, [sys.executable, "-c", _CLIENT, method, url, payload,
                                 str(timeout)], timeout + 30)  # fmt: skip
         reply = json.loads(out)
         try:
-            return reply["status"], json.loads(reply["body"])
+            answer = json.loads(reply["body"])
         except ValueError:
-            return reply["status"], reply["body"]
+            answer = reply["body"]
+        return reply["status"], answer, reply["seconds"]
 
     def wait_http(self, url: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -218,7 +229,7 @@ class TwoHosts:
             "GATEWAY_PLACEMENT": "ray", "RAY_ADDRESS": self.ray_address, **extra,
         }  # fmt: skip
         argv = [*(["taskset", "-c", pin] if pin else []), sys.executable, "-m", "gateway", "serve"]
-        self.spawn(self.a, name, argv, env)
+        self.gateways[name] = self.spawn(self.a, name, argv, env)
         url = f"http://{IP_A}:{port}"
         self.wait_http(f"{url}/health")
         return url
