@@ -7,13 +7,15 @@ API, not only on the page. Screenshots are saved under test-artifacts/console/.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -33,6 +35,7 @@ LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 DEPLOY_MS = 180_000
 TOKEN = "console-admin-token-5e1f"
+USER, PASSWORD = "alice", "console pass phrase 9c"
 KEY = "wine-quality-1"
 
 
@@ -70,10 +73,15 @@ def open_gateway(
 def secured_gateway(
     registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
+    import bcrypt
+
+    root = tmp_path_factory.mktemp("console-auth")
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
+    (root / "htpasswd").write_text(f"{USER}:{hashed}\n")
     gw = Gateway(
-        tmp_path_factory.mktemp("console-auth") / "data",
+        root / "data",
         registry.tracking_uri,
-        extra_env={"GATEWAY_ADMIN_TOKEN": TOKEN},
+        extra_env={"GATEWAY_ADMIN_TOKEN": TOKEN, "GATEWAY_HTPASSWD": str(root / "htpasswd")},
     ).start()
     try:
         yield gw
@@ -259,8 +267,8 @@ def test_console_files_are_open_and_its_data_is_not(secured_gateway: Gateway) ->
         assert gw.get(path).status == 200, path
     assert gw.get("/ui/api/auth").json() == {
         "required": True,
-        "methods": ["bearer"],
-        "inference_required": False,
+        "methods": ["bearer", "basic"],
+        "inference_required": True,
     }
     for path in ("/ui/api/stats", f"/ui/api/example/{KEY}", f"/logs/{KEY}"):
         reply = gw.get(path)
@@ -301,23 +309,35 @@ def test_console_asks_for_the_token_and_keeps_it_out_of_urls(
     page.wait_for_selector("#signin:not([hidden])")
     assert page.evaluate("() => sessionStorage.length") == 0
 
-    urls = [r.url for r in w.requests] + [page.url]
-    assert not [u for u in urls if TOKEN in u], urls
-    api_calls = [r for r in w.requests[signed_out_requests:] if _is_api(r.url)]
-    assert {_path(r.url) for r in api_calls} >= {
+    bearer_calls = [r for r in w.requests[signed_out_requests:] if _is_api(r.url)]
+    assert {_path(r.url) for r in bearer_calls} >= {
         "/get_deployed_models", "/get_model_list", "/get_model_version_list/wine-quality",
         "/ui/api/stats",
     }  # fmt: skip
-    for call in api_calls:
-        headers: dict[str, Any] = call.all_headers()
-        assert headers.get("authorization") == f"Bearer {TOKEN}", call.url
+    for call in bearer_calls:
+        assert call.all_headers().get("authorization") == f"Bearer {TOKEN}", call.url
+
+    # An htpasswd account works too, as HTTP Basic.
+    before_basic = len(w.requests)
+    page.click("#signin [data-method=basic]")
+    page.fill("#signin-user", USER)
+    page.fill("#signin-password", PASSWORD)
+    page.click("#signin-submit")
+    page.wait_for_selector("#d-version option[value='2']", state="attached")
+    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    basic_calls = [r for r in w.requests[before_basic:] if _is_api(r.url)]
+    assert basic_calls
+    for call in basic_calls:
+        assert call.all_headers().get("authorization") == basic, call.url
+
+    urls = [r.url for r in w.requests] + [page.url]
+    secrets = (TOKEN, PASSWORD, quote(PASSWORD), basic.split()[1])
+    assert not [u for u in urls if any(s in u for s in secrets)], urls
     w.assert_clean()
     page.close()
 
 
 def _path(url: str) -> str:
-    from urllib.parse import urlsplit
-
     return urlsplit(url).path
 
 
