@@ -42,8 +42,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # Larger bodies and answers are translated in a worker thread, never on the event loop.
 OFFLOAD_BYTES = 64 * 1024
 _JSON = "application/json"
-# The caller's own content headers describe the V2 body, not the JSON we send on.
-_CALLER_CONTENT = ("content-type:", "content-encoding:", "accept:")
+_REQUEST_ID_LINE = "X-Request-ID: "
 
 
 class SpecCache:
@@ -197,10 +196,13 @@ async def _infer(request: web.Request, key: str, timing: KeyMetrics | None) -> w
 
 
 def _header_lines(request: web.Request) -> str:
-    """The backend call's header lines: ours for the JSON body, the caller's id and address."""
-    lines = request_header_lines(request).split("\r\n")
-    kept = [line for line in lines if line and not line.lower().startswith(_CALLER_CONTENT)]
-    return f"Content-Type: {_JSON}\r\n" + "".join(f"{line}\r\n" for line in kept)
+    """The backend call's header lines: ours for the JSON body, the caller's id and address.
+
+    `request_header_lines` puts the caller's content headers first and the request id
+    after them: those describe the V2 body, not the JSON sent on, so they are cut off.
+    """
+    lines = request_header_lines(request)
+    return f"Content-Type: {_JSON}\r\n{lines[lines.index(_REQUEST_ID_LINE) :]}"
 
 
 async def _answer(response: web.Response, parsed: InferRequest, spec: ModelSpec,
