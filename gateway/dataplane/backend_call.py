@@ -31,7 +31,9 @@ from supervisor.deployment import Deployment, Replica
 logger = logging.getLogger(__name__)
 
 # End-to-end request headers a backend needs; everything else stays at the edge.
-FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.CONTENT_ENCODING)
+# Not Content-Encoding: aiohttp has already decoded a compressed body, so the bytes we
+# send are plain and the header would make the backend decode them again.
+FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT)
 # Answer headers that describe one hop (or that aiohttp sets itself) and are dropped.
 HOP_BY_HOP = frozenset(
     h.lower()
