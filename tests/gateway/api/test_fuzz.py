@@ -1,16 +1,18 @@
 """No input answers 500: the findings of issue 14 as fixed cases, then a bounded fuzz.
 
-Runs against the shared live gateway (wine-quality-1 deployed). The fuzz is
-derandomized with a fixed number of examples, so every run sends the same
-requests. It never deploys, scales or undeploys the shared deployment: those
-paths are fuzzed with keys and names that do not exist, which still runs every
-parameter check (they come before the look-up).
+Runs against a live gateway of its own with wine-quality-1 deployed: bad bodies
+fill the backend's log with MLflow's tracebacks, which other tests of the shared
+gateway read. The fuzz is derandomized with a fixed number of examples, so
+every run sends the same requests. It never deploys, scales or undeploys the
+deployment: those paths are fuzzed with keys and names that do not exist, which
+still runs every parameter check (they come before the look-up).
 """
 
 from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -18,13 +20,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import RegistryInfo
 from tests.support import ONE_ROW, WINE_COLUMNS, WINE_VALUES, Gateway, Reply
 
 KEY = "wine-quality-1"
-# Registered, never deployed on the shared gateway: writes of the fuzz (reference
-# uploads) land here, so they cannot change what other tests read of KEY.
+# Registered, not deployed here: reference uploads of the fuzz land on it.
 SCRATCH_KEY = "wine-quality-2"
 JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def gateway(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """This module's own gateway (it shadows the shared one) with KEY deployed."""
+    gw = Gateway(tmp_path_factory.mktemp("fuzz") / "data", registry.tracking_uri).start()
+    try:
+        reply = gw.post("/deploy/wine-quality/1")
+        assert reply.status == 201, (reply.body, gw.log())
+        yield gw
+    finally:
+        gw.stop()
 
 
 def assert_json_error_or_success(reply: Reply, what: str) -> None:
