@@ -136,21 +136,16 @@ class _Refusal(asyncio.Protocol):
 class CappedSite(web.BaseSite):
     """A TCP site that refuses connections past `max_connections` at once."""
 
-    __slots__ = ("_budget", "_cap", "_host", "_port", "_refused")
+    __slots__ = ("_budget", "_cap", "_host", "_port")
 
     def __init__(self, runner: web.BaseRunner, listen: Listen, cap: int) -> None:
         super().__init__(runner, backlog=listen.backlog)
         self._host, self._port, self._cap = listen.host, listen.port, cap
-        self._refused = 0
         self._budget = LogBudget(lines=5, interval=60.0)
 
     @property
     def name(self) -> str:
         return str(URL.build(scheme="http", host=self._host or "0.0.0.0", port=self._port))
-
-    @property
-    def refused(self) -> int:
-        return self._refused
 
     async def start(self) -> None:
         await super().start()
@@ -161,7 +156,6 @@ class CappedSite(web.BaseSite):
         def protocol() -> asyncio.Protocol:
             if len(server.connections) < self._cap:
                 return server()
-            self._refused += 1
             allowed, suppressed = self._budget.take()
             if allowed:
                 logger.warning(
