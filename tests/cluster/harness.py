@@ -22,9 +22,11 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +189,49 @@ def wait_dead(pid: int, timeout: float = 15.0) -> None:
     wait_until(lambda: not pid_alive(pid), timeout, 0.05, f"pid {pid} to end")
 
 
+class Forwarder:
+    """A TCP port that, once opened, forwards to `target`: a cluster that comes back.
+
+    Byte for byte, one thread pair per connection; daemon threads, so a test that
+    fails never waits for them.
+    """
+
+    def __init__(self, port: int, target: str) -> None:
+        self.port = port
+        host, _, target_port = target.rpartition(":")
+        self.target = (host, int(target_port))
+        self._sockets: list[socket.socket] = []
+
+    def open(self) -> None:
+        server = socket.create_server((NODE_IP, self.port))
+        self._sockets.append(server)
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def close(self) -> None:
+        for sock in self._sockets:  # ends the accept loop and every pump
+            sock.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+                self._sockets.append(client)
+                upstream = socket.create_connection(self.target)
+                self._sockets.append(upstream)
+            except OSError:
+                return  # closed
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
 # ------------------------------------------------------------------ mlflow server
 
 
@@ -217,10 +262,10 @@ class MlflowServer:
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
             [*(prefix or []), *self.command()], stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.root, start_new_session=True,
+            cwd=self.root, start_new_session=True, env=SERVER_ENV,
         )  # fmt: skip
         log.close()
-        wait_until(self._up, 90, 0.2, "the mlflow server to answer /health")
+        wait_until(self._up, 180, 0.2, "the mlflow server to answer /health")
         return self
 
     def _up(self) -> bool:
@@ -237,21 +282,27 @@ class MlflowServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# No background job runners (a dozen processes the tests never use).
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @contextlib.contextmanager
 def mlflow_server(root: Path) -> Iterator[MlflowServer]:
-    server = MlflowServer(root).start()
+    server = MlflowServer(root)
     try:
-        yield server
+        yield server.start()
     finally:
         server.stop()
 

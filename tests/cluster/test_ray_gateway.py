@@ -5,8 +5,8 @@ the model comes from a real `mlflow server` with artifact serving, which is
 what a node on another host reads. Starting a gateway and a deployment costs
 seconds on Ray, so the module shares one gateway (its own Ray namespace) and
 its tests run in order: requests that fail, a pinned deployment, then one
-deployment of two replicas that lives through gateway restarts, a boot without
-the cluster, and finally the loss of a node.
+deployment of two replicas that lives through gateway restarts, a boot while
+the cluster is away, and finally the loss of a node.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import pytest
 
 from tests.cluster.conftest import ServedRegistry
 from tests.cluster.harness import (
+    NODE_IP,
+    Forwarder,
     RayTestCluster,
     kill_namespace,
     named_actors,
@@ -29,7 +31,14 @@ from tests.cluster.harness import (
     ray_gateway_env,
     wait_dead,
 )
-from tests.support import ONE_ROW, WINE_COLUMNS, Gateway, processes_mentioning, wait_until
+from tests.support import (
+    ONE_ROW,
+    WINE_COLUMNS,
+    Gateway,
+    processes_mentioning,
+    unused_port,
+    wait_until,
+)
 
 pytestmark = needs_private_netns
 
@@ -169,38 +178,46 @@ def test_a_restarted_gateway_reattaches_and_models_keep_serving(
     assert gw.post(f"/{KEY}", json_body=ONE_ROW).status == 200
 
 
-def test_a_boot_without_the_cluster_says_why_and_a_boot_with_it_sweeps_orphans(
+def test_a_cluster_away_at_boot_is_waited_for_then_orphans_are_swept(
     gw: Gateway, ray_cluster: RayTestCluster
 ) -> None:
+    """The gateway starts without its cluster, says why its deployment waits, and once
+    the cluster answers, adopts the backend that still runs and stops the orphan."""
     before = wait_until(lambda: all_running(gw, 2), WAIT, 0.2, "two running replicas")
     gw.stop(signal.SIGKILL)
     # The desired state forgets replica 1 while no gateway runs: its actor is an orphan.
     with sqlite3.connect(gw.data_dir / "state.db") as db:
         db.execute("DELETE FROM backends WHERE key = ? AND replica = 1", (KEY,))
 
-    gw.extra_env["RAY_ADDRESS"] = "127.0.0.2:9"  # nothing listens there
+    away = Forwarder(unused_port(), ray_cluster.address)  # closed: nobody answers there
+    gw.extra_env["RAY_ADDRESS"] = f"{NODE_IP}:{away.port}"
     try:
         gw.start()  # the gateway starts all the same
         waiting = wait_until(
             lambda: (r := gw.deployment(KEY)) and r["replicas"][0]["last_error"] and r,
             WAIT, 0.2, "the reason the deployment waits",
         )  # fmt: skip
-        assert "cannot reach the Ray cluster at 127.0.0.2:9" in waiting["replicas"][0]["last_error"]
+        assert (
+            f"cannot reach the Ray cluster at {NODE_IP}:{away.port}"
+            in (waiting["replicas"][0]["last_error"])
+        )
         assert waiting["status"] in ("backoff", "starting")
         assert gw.get("/get_number_free_ports").json() == 0
         assert named_actors(namespace_of(gw)) == [f"{KEY}#0", f"{KEY}#1"]  # none swept blindly
+
+        away.open()  # the cluster answers again: the next retry gets through
+        [kept] = wait_until(lambda: all_running(gw, 1), WAIT, 0.2, "the wanted replica")
+        assert kept["endpoint"] == before[0]["endpoint"] and kept["restarts"] == 0  # adopted
+        wait_until(lambda: named_actors(namespace_of(gw)) == [f"{KEY}#0"], WAIT, 0.2, "the sweep")
+        for pid in backend_pids(before[1]["endpoint"]):
+            wait_dead(pid)
+        assert gw.get("/get_number_free_ports").json() > 0  # free CPUs, counted in replicas
     finally:
         gw.stop(signal.SIGKILL)
+        away.close()
         gw.extra_env["RAY_ADDRESS"] = ray_cluster.address
 
     gw.start()
-    [kept] = wait_until(lambda: all_running(gw, 1), WAIT, 0.2, "the wanted replica")
-    assert kept["endpoint"] == before[0]["endpoint"] and kept["restarts"] == 0
-    wait_until(lambda: named_actors(namespace_of(gw)) == [f"{KEY}#0"], WAIT, 0.2, "the sweep")
-    for pid in backend_pids(before[1]["endpoint"]):
-        wait_dead(pid)
-    assert gw.get("/get_number_free_ports").json() > 0  # free CPUs, counted in replicas
-
     assert gw.post(f"/scale/{KEY}?replicas=2", timeout=WAIT).status == 200
     spread = wait_until(lambda: all_running(gw, 2), WAIT, 0.2, "two replicas again")
     assert len({r["node"] for r in spread}) == 2

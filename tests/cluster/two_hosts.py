@@ -203,8 +203,8 @@ class TwoHosts:
             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
             "--host", IP_A, "--port", str(MLFLOW_PORT), "--workers", "1", "--allowed-hosts", "*",
-        ])  # fmt: skip
-        self.wait_http(f"{uri}/health")
+        ], {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # fmt: skip
+        self.wait_http(f"{uri}/health", 180)
         return uri
 
     def register(self, uri: str, name: str, versions: int = 1) -> None:
