@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway.app_keys import REGISTRY, ROUTES, SETTINGS, STORE, UPSTREAM
 from gateway.dataplane.backend_call import call_backend
-from gateway.dataplane.proxy import lookup
+from gateway.dataplane.proxy import lookup, wake
 from gateway.edge.params import read_body, read_json_object, resolve_key, single_query
 from gateway.edge.request_ids import request_id
 from gateway.errors import (
@@ -280,8 +280,11 @@ def _feedback_timestamp(raw: Any) -> float:
 
 async def _predict(request: web.Request, payload: dict[str, Any]) -> list[Any]:
     """Predictions for `payload` through the same pooled path as inference."""
+    deployment = lookup(request)
+    if not deployment.replicas:  # scaled to zero: the data API wakes it like a call does
+        await wake(request, deployment)
     answer = await call_backend(
-        request.app[UPSTREAM], lookup(request), "POST", "/invocations",
+        request.app[UPSTREAM], deployment, "POST", "/invocations",
         "Content-Type: application/json\r\n" + f"X-Request-ID: {request_id(request)}\r\n",
         json.dumps(payload).encode(), None, whole=True,
     )  # fmt: skip

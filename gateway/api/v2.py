@@ -20,9 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app_keys import REGISTRY, ROUTES
+from gateway.app_keys import REGISTRY, ROUTER, ROUTES
 from gateway.dataplane import proxy
 from gateway.dataplane.backend_call import request_header_lines
+from gateway.dataplane.routing import Route
 from gateway.dataplane.v2_answers import v2_answer
 from gateway.dataplane.v2_protocol import (
     EXTENSIONS,
@@ -143,7 +144,12 @@ async def server_metadata(request: web.Request) -> web.Response:
 async def model_metadata_handler(request: web.Request) -> web.Response:
     """GET /v2/models/{name}[/versions/{version}]: tensors from the MLflow signature."""
     try:
-        name, version = resolve_key(request, _key(request))
+        key = _key(request)
+        route = _route(request, key)
+        if route is not None:  # the version that takes most of the bare name's calls
+            name, version = key, max(route.versions, key=route.versions.__getitem__)
+        else:
+            name, version = resolve_key(request, key)
         spec = await request.app[SPECS].get(request.app[REGISTRY], name, version)
     except GatewayError as exc:
         return v2_error(exc)
@@ -153,13 +159,23 @@ async def model_metadata_handler(request: web.Request) -> web.Response:
 async def model_ready(request: web.Request) -> web.Response:
     """GET /v2/models/{name}[/versions/{version}]/ready: a backend of it can serve now."""
     key = _key(request)
+    route = _route(request, key)
     try:
-        deployment = _deployment(request, key)
-        if deployment.pick() is None:
-            raise ModelNotReady(f"{key!r} is {deployment.status.value}: no backend can serve it")
+        if route is not None:  # a routed bare name: every version it may pick
+            keys = [f"{key}-{v}" for v, weight in route.versions.items() if weight > 0]
+            deployments = [_deployment(request, k) for k in keys]
+        else:
+            deployments = [_deployment(request, key)]
+        for deployment in deployments:
+            if deployment.pick() is None:
+                raise ModelNotReady(
+                    f"{deployment.key!r} is {deployment.status.value}: no backend can serve it"
+                )
     except GatewayError as exc:
         return v2_error(exc)
-    record = deployment.record
+    if route is not None:
+        return web.json_response({"name": key, "ready": True})
+    record = deployments[0].record
     return web.json_response({"name": record.model_name, "version": record.version, "ready": True})
 
 
@@ -174,7 +190,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
 
 async def _infer(request: web.Request, key: str, timing: KeyMetrics | None) -> web.StreamResponse:
     try:
-        deployment = _deployment(request, key)
+        route, deployment = _target(request, key)
         raw = await read_body(request)
         record = deployment.record
         spec = await request.app[SPECS].get(
@@ -185,14 +201,35 @@ async def _infer(request: web.Request, key: str, timing: KeyMetrics | None) -> w
             parsed, body = await asyncio.to_thread(translate_request, raw, header_length, spec)
         else:
             parsed, body = translate_request(raw, header_length, spec)
-        response = await proxy.serve(
-            request, deployment, body, _JSON, _header_lines(request), timing, whole=True
-        )
+        lines = _header_lines(request)
+        if route is None:
+            response = await proxy.serve(
+                request, deployment, body, _JSON, lines, timing, whole=True
+            )
+        else:
+            response = await proxy.serve_routed(
+                request, route, deployment, body, _JSON, lines, timing, whole=True
+            )
         if response.status >= 300 or not isinstance(response, web.Response):
             return _v2_backend_error(response)
         return await _answer(response, parsed, spec, record.model_name, record.version)
     except GatewayError as exc:
         return v2_error(exc)
+
+
+def _route(request: web.Request, key: str) -> Route | None:
+    """The route of `key` when it is a bare model name with one (and no deployed key)."""
+    if key in request.app[ROUTES] or "version" in request.match_info:
+        return None
+    router = request.app.get(ROUTER)
+    return router.routes.get(key) if router is not None else None
+
+
+def _target(request: web.Request, key: str) -> tuple[Route | None, Deployment]:
+    """The deployment a call to `key` goes to: the key itself, or a bare model name's route."""
+    if _route(request, key) is not None:
+        return proxy.pick_routed(request, key)
+    return None, _deployment(request, key)
 
 
 def _header_lines(request: web.Request) -> str:

@@ -30,6 +30,7 @@ from gateway.app_keys import (
 from gateway.dataplane.admission import REQUEST_TIMEOUT_HEADER, Admission, deadline_of
 from gateway.dataplane.backend_call import answer_headers, call_backend, request_header_lines
 from gateway.dataplane.backend_errors import backend_error_response
+from gateway.dataplane.routing import Route
 from gateway.dataplane.upstream import UpstreamResponse
 from gateway.edge.params import read_body
 from gateway.edge.request_ids import request_id
@@ -106,6 +107,13 @@ async def timed(
             timing.done(status, time.perf_counter() - started)
 
 
+async def wake(request: web.Request, deployment: Deployment) -> None:
+    """A deployment scaled to zero is started again; the call is held until it is ready."""
+    deployer = request.app.get(DEPLOYER)
+    if deployer is not None:
+        await deployer.wake(deployment)
+
+
 async def serve(
     request: web.Request,
     deployment: Deployment,
@@ -123,10 +131,8 @@ async def serve(
     streamed, for callers that translate it. A deployment with admission control,
     or a call with a deadline (`X-Request-Timeout`), takes the managed road.
     """
-    if not deployment.replicas:  # scaled to zero: wake it, holding the call
-        deployer = request.app.get(DEPLOYER)
-        if deployer is not None:
-            await deployer.wake(deployment)
+    if not deployment.replicas:
+        await wake(request, deployment)
     admissions = request.app.get(ADMISSIONS)
     admission = admissions.get(deployment.key) if admissions else None
     raw_timeout = request.headers.get(REQUEST_TIMEOUT_HEADER)
@@ -229,12 +235,26 @@ async def _invoke(request: web.Request, timing: KeyMetrics | None) -> web.Stream
 
 async def _invoke_routed(request: web.Request, timing: KeyMetrics | None) -> web.StreamResponse:
     """A call to a bare model name with a route: a version by weight, then the shadow."""
+    route, deployment = pick_routed(request, request.match_info["key"])
+    body = await read_body(request)
+    content_type = request.headers.get(hdrs.CONTENT_TYPE, "application/json")
+    return await serve_routed(
+        request, route, deployment, body, content_type, request_header_lines(request), timing
+    )
+
+
+def pick_routed(request: web.Request, name: str) -> tuple[Route, Deployment]:
+    """The route of the bare model name `name` and the deployment it picks for this call.
+
+    A 404 when `name` has no route; a 503 when the picked version is gone.
+    """
     router = request.app.get(ROUTER)
-    name = request.match_info["key"]
     route = router.routes.get(name) if router is not None else None
-    if router is None or route is None:
-        lookup(request)  # the 404
-        raise AssertionError("unreachable")
+    if route is None:
+        raise DeploymentNotFound(
+            f"no deployment named {name!r}; deploy it with POST /deploy/<model>/<version>"
+            f" (or route the bare name with PUT /route/{name})"
+        )
     version = route.pick(request.headers)
     deployment = request.app[ROUTES].get(f"{name}-{version}")
     if deployment is None:
@@ -243,14 +263,29 @@ async def _invoke_routed(request: web.Request, timing: KeyMetrics | None) -> web
             " deployed: deploy it again or change the route",
             headers={"Retry-After": "5"},
         )
-    body = await read_body(request)
-    content_type = request.headers.get(hdrs.CONTENT_TYPE, "application/json")
-    header_lines = request_header_lines(request)
-    stats = router.stats(name, version, "primary")
+    return route, deployment
+
+
+async def serve_routed(
+    request: web.Request,
+    route: Route,
+    deployment: Deployment,
+    body: bytes,
+    content_type: str,
+    header_lines: str,
+    timing: KeyMetrics | None,
+    *,
+    whole: bool = False,
+) -> web.StreamResponse:
+    """`serve` on the version a route picked, counted for its comparison, then the shadow."""
+    router = request.app[ROUTER]
+    stats = router.stats(route.name, deployment.record.version, "primary")
     started = time.perf_counter()
     status = 500
     try:
-        response = await serve(request, deployment, body, content_type, header_lines, timing)
+        response = await serve(
+            request, deployment, body, content_type, header_lines, timing, whole=whole
+        )
         status = response.status
     except (GatewayError, web.HTTPException) as exc:
         status = exc.status

@@ -25,12 +25,14 @@ from gateway.app_keys import (
     INFERENCE_LOG,
     METRICS,
     REGISTRY,
+    ROUTER,
     ROUTES,
     SETTINGS,
     UPSTREAM,
 )
 from gateway.dataplane import proxy
 from gateway.dataplane.batching import Batcher
+from gateway.dataplane.routing import Route, Router
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.edge.auth import Authenticator, Scope, auth_middleware
 from gateway.edge.telemetry import GatewayMetrics
@@ -105,7 +107,8 @@ ClientMaker = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 async def _gateway(aiohttp_client: ClientMaker, backend: TestServer,
-                   token: str | None = None, ready: bool = True) -> TestClient[Any, Any]:  # fmt: skip
+                   token: str | None = None, ready: bool = True,
+                   route: Route | None = None) -> TestClient[Any, Any]:  # fmt: skip
     middlewares = [error_middleware]
     if token:
         scopes = route_scopes()
@@ -120,6 +123,9 @@ async def _gateway(aiohttp_client: ClientMaker, backend: TestServer,
     app[METRICS] = GatewayMetrics()
     app[INFERENCE_LOG] = RecordingLog()  # type: ignore[assignment]
     app[REGISTRY] = CountingRegistry()  # type: ignore[assignment]
+    if route is not None:
+        app[ROUTER] = Router(None, app[ROUTES])
+        await app[ROUTER].put(route)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[UPSTREAM] = UpstreamPool(read_timeout=30)
@@ -290,3 +296,30 @@ async def test_health_is_open_the_rest_needs_an_inference_token(
         assert (await gw.get(path, headers=auth)).status == 200, path
     assert (await gw.post(INFER, json=_v2_body([1.0]))).status == 401
     assert (await gw.post(INFER, json=_v2_body([1.0]), headers=auth)).status == 200
+
+
+async def test_a_routed_bare_model_name_is_served_on_every_v2_path(
+    aiohttp_client: ClientMaker, backend: TestServer
+) -> None:
+    """`PUT /route/m` makes `m` a name V2 clients can call, like `POST /m`."""
+    gw = await _gateway(aiohttp_client, backend, route=Route.of("m", {"1": 100}, None, None))
+    router = gw.app[ROUTER]
+    missing = await gw.post("/v2/models/other/infer", json=_v2_body([1.0]))
+    assert missing.status == 404, await missing.text()  # a bare name without a route
+
+    resp = await gw.post("/v2/models/m/infer", json=_v2_body([2.5], id="b"))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == ("m", "1", "b")
+    assert body["outputs"][0]["data"] == [2.5]
+    assert resp.headers["X-Model-Version"] == "1"
+    [versions] = router.comparison("m")["versions"]
+    assert (versions["version"], versions["arm"], versions["calls"]) == ("1", "primary", 1)
+
+    ready = await gw.get("/v2/models/m/ready")
+    assert ready.status == 200 and (await ready.json())["ready"] is True
+    meta = await gw.get("/v2/models/m")
+    assert meta.status == 200, await meta.text()
+    assert [i["name"] for i in (await meta.json())["inputs"]] == ["x", "y"]
+    # A version path is a concrete key, never routed.
+    assert (await gw.post("/v2/models/m/versions/2/infer", json=_v2_body([1.0]))).status == 404

@@ -82,5 +82,15 @@ def test_idle_frees_the_backend_stays_idle_over_a_restart_and_wakes_once(
         assert woken["admission"]["in_flight"] == 0 and woken["admission"]["shed"] == 0
         assert metric(gw, f'modelgw_cold_starts_total{{key="{KEY}"}}') == 1.0
         assert metric(gw, f'modelgw_cold_start_seconds_count{{key="{KEY}"}}') == 1.0
+
+        # The data API predicts through the model too: an idle deployment wakes for it.
+        wait_until(lambda: gw.deployment(KEY)["status"] == "idle", 60, what=f"{KEY} idle again")
+        snapshot = gw.post(
+            f"/model/{KEY}/set_new_metrics",
+            json_body={"dataframe_split": ONE_ROW["dataframe_split"], "results": [5]},
+        )
+        assert snapshot.status == 201, snapshot.body
+        assert snapshot.json()["n_samples"] == 1
+        assert metric(gw, f'modelgw_cold_starts_total{{key="{KEY}"}}') == 2.0
     finally:
         gw.stop()
