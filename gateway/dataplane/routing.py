@@ -265,7 +265,7 @@ class Router:
         if log is not None:
             record = deployment.record
             log.submit(record.model_name, record.version, content_type, body, answer.body,
-                       request_id=request_id)  # fmt: skip
+                       request_id=request_id, arm="shadow")  # fmt: skip
         if primary is not None:
             verdict = agree(primary, answer.body)
             if verdict is not None:

@@ -1,7 +1,8 @@
 """Turn logged calls into table rows: one row per input instance, with its prediction.
 
 Every row also carries its call's ground truth (`ground_truth`, empty until
-feedback arrives) and `request_id`, so an export can be labelled and sent back.
+feedback arrives) and `request_id`, so an export can be labelled and sent back,
+and its `arm` (`primary`: answered to the caller; `shadow`: a route's shadow copy).
 
 Understands every MLflow scoring input (`dataframe_split`, `dataframe_records`,
 `instances`, `inputs`) and CSV bodies. Pure functions; the export streams them.
@@ -19,8 +20,9 @@ from typing import Any
 from gateway.records.stores.base import InferenceRecord
 
 Row = dict[str, Any]
-# Columns every exported row ends with, in this order, after features and predictions.
-TAIL_COLUMNS = ("ground_truth", "request_id", "timestamp")
+# Columns every exported row ends with, in this order, after features and predictions
+# (`arm` came last, so readers of the earlier columns by position are unaffected).
+TAIL_COLUMNS = ("ground_truth", "request_id", "timestamp", "arm")
 
 
 def _loads(value: Any) -> Any:
@@ -104,7 +106,7 @@ def _prediction_columns(value: Any) -> Row:
 
 
 def record_rows(record: InferenceRecord) -> Iterator[Row]:
-    """One row per instance of a logged call: features, prediction, ground truth, id, time."""
+    """One row per instance of a logged call: features, prediction, ground truth, id, time, arm."""
     inputs = input_rows(record.inputs, record.content_type)
     predictions = prediction_values(record.predictions)
     truth = record.ground_truth or []
@@ -116,6 +118,7 @@ def record_rows(record: InferenceRecord) -> Iterator[Row]:
         out["ground_truth"] = truth[i] if i < len(truth) else None
         out["request_id"] = record.request_id
         out["timestamp"] = timestamp
+        out["arm"] = record.arm
         yield out
 
 

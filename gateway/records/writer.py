@@ -47,8 +47,8 @@ class LogStats:
     store_up: bool = True
 
 
-# (time, model, version, content type, body, answer, request id): what submit() keeps.
-_Call = tuple[float, str, str, str, bytes, bytes | None, str | None]
+# (time, model, version, content type, body, answer, request id, arm): what submit() keeps.
+_Call = tuple[float, str, str, str, bytes, bytes | None, str | None, str]
 
 
 def _records(
@@ -56,7 +56,7 @@ def _records(
 ) -> tuple[list[InferenceRecord], int]:
     """The records of `calls`, and how many rows the row cap dropped."""
     records, truncated = [], 0
-    for ts, model, version, content_type, inputs, answer, request_id in calls:
+    for ts, model, version, content_type, inputs, answer, request_id, arm in calls:
         text = inputs.decode("utf-8", "replace")
         predictions = answer.decode("utf-8", "replace") if answer is not None else None
         text, predictions, dropped = cap_call(content_type, text, predictions, max_rows)
@@ -74,6 +74,7 @@ def _records(
                 inputs=kept,
                 predictions=predictions,
                 request_id=request_id,
+                arm=arm,
             )
         )
     return records, truncated
@@ -121,10 +122,14 @@ class InferenceLogger:
         inputs: bytes,
         answer: bytes | None,
         request_id: str | None = None,
+        arm: str = "primary",
     ) -> None:
-        """Queue one call's body and answer. Never blocks, never raises."""
+        """Queue one call's body and answer. Never blocks, never raises.
+
+        `arm` is `shadow` for the copy of a call a route's shadow version answered.
+        """
         self._incoming.append(
-            (time.time(), model, version, content_type, inputs, answer, request_id)
+            (time.time(), model, version, content_type, inputs, answer, request_id, arm)
         )
         self.stats.submitted += 1
         if not self._wake.is_set():

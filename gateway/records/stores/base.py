@@ -17,6 +17,8 @@ class InferenceRecord:
     `id` makes writes idempotent, so a retried batch never duplicates rows.
     `request_id` is the call's `X-Request-ID`, by which ground truth arrives later;
     `ground_truth` is then one true value per input row, set once (`labelled_at`).
+    `arm` says which side of a route produced the answer: `primary` (the caller's
+    answer) or `shadow` (a copy sent to the route's shadow version, never returned).
     """
 
     id: str
@@ -29,6 +31,7 @@ class InferenceRecord:
     request_id: str | None = None
     ground_truth: list[Any] | None = None
     labelled_at: float | None = None
+    arm: str = "primary"
 
 
 @dataclass(slots=True)

@@ -67,6 +67,7 @@ def _documents(records: Sequence[InferenceRecord]) -> list[dict[str, Any]]:
             "inputs": _parsed(r.inputs) if "json" in r.content_type else r.inputs,
             "predictions": _parsed(r.predictions),
             "request_id": r.request_id,
+            "arm": r.arm,
             "logged_at": datetime.fromtimestamp(r.ts, UTC),
             **({"ground_truth": r.ground_truth, "labelled_at": r.labelled_at}
                if r.ground_truth is not None else {}),
@@ -82,6 +83,7 @@ def _record(doc: dict[str, Any]) -> InferenceRecord:
         inputs=doc.get("inputs"), predictions=doc.get("predictions"),
         request_id=doc.get("request_id"), ground_truth=doc.get("ground_truth"),
         labelled_at=doc.get("labelled_at"),
+        arm=doc.get("arm") or "primary",  # documents from before arms were all answers
     )  # fmt: skip
 
 

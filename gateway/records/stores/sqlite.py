@@ -1,7 +1,8 @@
 """The embedded default store: one SQLite file in WAL mode, through aiosqlite.
 
-Files from before ground truth existed gain its columns in place when opened
-(`ALTER TABLE ... ADD COLUMN` is cheap: old rows read NULL without a rewrite).
+Files from before ground truth (or the `arm` of a route) existed gain the columns
+in place when opened: `ALTER TABLE ... ADD COLUMN` is cheap, old rows read NULL
+(or the column's default, `primary` for `arm`) without a rewrite.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ CREATE TABLE IF NOT EXISTS inference_log (
     predictions  TEXT,
     request_id   TEXT,
     ground_truth TEXT,
-    labelled_at  REAL
+    labelled_at  REAL,
+    arm          TEXT NOT NULL DEFAULT 'primary'
 );
 CREATE INDEX IF NOT EXISTS inference_log_model_ts ON inference_log (model, version, ts);
 CREATE TABLE IF NOT EXISTS baselines (
@@ -51,7 +53,13 @@ CREATE TABLE IF NOT EXISTS reference_data (
 
 
 # Columns added since the first release, with their types: added to older files on open.
-_ADDED_COLUMNS = {"request_id": "TEXT", "ground_truth": "TEXT", "labelled_at": "REAL"}
+_ADDED_COLUMNS = {
+    "request_id": "TEXT",
+    "ground_truth": "TEXT",
+    "labelled_at": "REAL",
+    # Calls logged before routes had arms were all answers to callers.
+    "arm": "TEXT NOT NULL DEFAULT 'primary'",
+}
 # Made after the migration, since they name added columns.
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS inference_log_request ON inference_log (model, version, request_id);
@@ -59,7 +67,7 @@ CREATE INDEX IF NOT EXISTS inference_log_ts ON inference_log (ts);
 """
 _RECORD_COLUMNS = (
     "id, model, version, ts, content_type, inputs, predictions, request_id, ground_truth,"
-    " labelled_at"
+    " labelled_at, arm"
 )
 # Rows per statement: far below SQLite's bound-variable limit, short enough that the
 # log writer never waits long behind a purge or a labelling batch.
@@ -73,6 +81,7 @@ def _record(row: Sequence[Any]) -> InferenceRecord:
         id=row[0], model=row[1], version=row[2], ts=row[3], content_type=row[4],
         inputs=row[5], predictions=row[6], request_id=row[7],
         ground_truth=json.loads(truth) if truth is not None else None, labelled_at=row[9],
+        arm=row[10],
     )  # fmt: skip
 
 
@@ -129,7 +138,7 @@ class SQLiteStore(Store):
     async def insert_records(self, records: Sequence[InferenceRecord]) -> None:
         rows = [
             (r.id, r.model, r.version, r.ts, r.content_type, _text(r.inputs), _text(r.predictions),
-             r.request_id, _text(r.ground_truth), r.labelled_at)
+             r.request_id, _text(r.ground_truth), r.labelled_at, r.arm)
             for r in records
         ]  # fmt: skip
         async with self._write_lock:
@@ -139,7 +148,7 @@ class SQLiteStore(Store):
         try:
             await self.db.executemany(
                 f"INSERT OR IGNORE INTO inference_log ({_RECORD_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             await self.db.commit()

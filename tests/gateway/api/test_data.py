@@ -97,7 +97,7 @@ def test_every_input_format_is_logged_and_exported(gw: Gateway, wine: pd.DataFra
     expected = pd.concat(batches, ignore_index=True)
     features = list(wine.columns)
     assert list(exported.columns) == [*features, "prediction", "ground_truth", "request_id",
-                                      "timestamp"]  # fmt: skip
+                                      "timestamp", "arm"]  # fmt: skip
     assert exported["ground_truth"].isna().all() and exported["request_id"].notna().all()
     np.testing.assert_allclose(exported[features].to_numpy(), expected.to_numpy())
     np.testing.assert_array_equal(exported["prediction"], local.predict(expected))

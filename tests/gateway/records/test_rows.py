@@ -83,7 +83,7 @@ def test_record_rows_pairs_inputs_with_predictions() -> None:
     rows = list(record_rows(record))
     assert rows[0] == {"a": 1.0, "b": "x", "prediction_label": 1, "prediction_p": 0.7,
                        "ground_truth": None, "request_id": None,
-                       "timestamp": "1970-01-01T00:00:00+00:00"}  # fmt: skip
+                       "timestamp": "1970-01-01T00:00:00+00:00", "arm": "primary"}  # fmt: skip
 
 
 def test_rows_carry_their_calls_ground_truth_and_request_id() -> None:
@@ -96,7 +96,16 @@ def test_rows_carry_their_calls_ground_truth_and_request_id() -> None:
     assert labelled_pairs([record]) == ([1, 1], [1, 0])
     assert row_count(record) == 2
     columns = ordered_columns(columns_of([record]))
-    assert columns[-3:] == ["ground_truth", "request_id", "timestamp"]
+    assert columns[-4:] == ["ground_truth", "request_id", "timestamp", "arm"]
+
+
+def test_rows_carry_the_arm_that_answered() -> None:
+    record = InferenceRecord("i", "m", "2", 0.0, "application/json",
+                             json.dumps({"dataframe_records": ROWS}), '{"predictions": [1, 0]}',
+                             arm="shadow")  # fmt: skip
+    assert [r["arm"] for r in record_rows(record)] == ["shadow", "shadow"]
+    [line] = jsonl_chunk([record]).splitlines()[:1]
+    assert json.loads(line)["arm"] == "shadow"
 
 
 # Floats whose shortest exact text has 17 significant digits, or that sit at the

@@ -168,6 +168,14 @@ async def test_purge_deletes_exactly_the_older_records(store: Store) -> None:
     assert await store.purge_before(2000.0) == 0
 
 
+async def test_the_arm_of_a_record_survives(store: Store) -> None:
+    shadow = record(1)
+    shadow.arm = "shadow"
+    await store.insert_records([shadow, record(2)])
+    got = {r.id: r.arm async for r in store.iter_records("m", "1")}
+    assert got == {"r1-m-1": "shadow", "r2-m-1": "primary"}
+
+
 async def test_an_inference_db_from_before_ground_truth_is_migrated_in_place(
     tmp_path: Path,
 ) -> None:
@@ -191,6 +199,7 @@ async def test_an_inference_db_from_before_ground_truth_is_migrated_in_place(
     try:
         [old] = [r async for r in store.iter_records("m", "1")]
         assert old.id == "old" and old.request_id is None and old.ground_truth is None
+        assert old.arm == "primary"  # every call logged before routes answered its caller
         await store.insert_records([call(1, "new-id")])
         assert [r.id for r in await store.find_calls("m", "1", ["new-id"])] == ["c1"]
         assert await store.label_records([("old", [7])], at=9.0) == {"old"}

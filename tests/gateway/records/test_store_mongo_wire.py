@@ -89,6 +89,7 @@ async def test_export_is_a_filtered_sorted_find(server, store) -> None:
     request.reply({"cursor": {"id": 0, "ns": "mlflow.inference_log", "firstBatch": [doc]}, "ok": 1})
     [record] = await task
     assert record.id == "a" and record.ts == 12.0 and record.inputs == {"instances": [[1]]}
+    assert record.arm == "primary"  # a document from before arms existed
 
 
 async def test_open_creates_the_indexes(server, store) -> None:
@@ -153,6 +154,7 @@ async def test_documents_carry_the_request_id_and_a_date_for_the_ttl(server, sto
     request = await receive(server)
     [doc] = request.docs[0]["documents"]
     assert doc["request_id"] == "rq-1" and "ground_truth" not in doc
+    assert doc["arm"] == "primary"
     logged = doc["logged_at"]
     assert logged.replace(tzinfo=UTC) == datetime.fromtimestamp(1_700_000_000.0, UTC)
     request.ok(n=1)
