@@ -10,8 +10,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.app_keys import ROUTES
+from gateway.deploy.options import MAX_REPLICAS
 from gateway.edge.params import int_query, single_query
-from gateway.errors import BadRequest, DeploymentNotFound, GatewayError
+from gateway.errors import DeploymentNotFound, GatewayError
 from supervisor.deployment import Replica
 
 DEFAULT_LINES = 100
@@ -23,16 +24,9 @@ class ReplicaNotFound(GatewayError):
 
 
 def _replica_query(request: web.Request) -> int | None:
-    raw = single_query(request, "replica")
-    if raw is None or raw == "":
+    if not single_query(request, "replica"):
         return None
-    try:
-        index = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter 'replica' must be an integer, not {raw!r}") from None
-    if index < 0:
-        raise BadRequest("query parameter 'replica' must be 0 or more")
-    return index
+    return int_query(request, "replica", 0, 0, MAX_REPLICAS - 1)
 
 
 async def _entry(replica: Replica, lines: int) -> dict[str, object]:

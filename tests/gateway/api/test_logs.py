@@ -111,6 +111,9 @@ async def test_one_replica_and_the_upper_bound(aiohttp_client: ClientMaker) -> N
         ({"lines": "many"}, 400, "bad_request"),
         ({"replica": "x"}, 400, "bad_request"),
         ({"replica": "-1"}, 400, "bad_request"),
+        ({"replica": "\u0663"}, 400, "bad_request"),  # an Arabic-Indic 3: int() reads it
+        ({"replica": "1_0"}, 400, "bad_request"),
+        ({"replica": "9" * 5000}, 400, "bad_request"),
         ({"replica": "7"}, 404, "replica_not_found"),
     ],
 )
