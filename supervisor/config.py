@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from supervisor.deployment import Deployment, Replica
 
@@ -19,10 +18,6 @@ HungHook = Callable[[str, int, str], object]
 class SupervisorConfig:
     """Timing and limits of supervision; built by the gateway from its settings."""
 
-    log_dir: Path | None = None
-    """Only for a Manager given a bare command factory (it builds a LocalPlacement)."""
-    host: str = "127.0.0.1"
-    """Same: the host that LocalPlacement binds backends to."""
     deploy_timeout: float = 120.0
     stop_timeout: float = 10.0
     drain_timeout: float = 10.0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -22,14 +21,11 @@ from supervisor.deployment import Deployment, Replica
 from supervisor.errors import BackendStartError, NotDeployed
 from supervisor.keep_alive import Keeper
 from supervisor.placement.base import BackendHandle, Placement
-from supervisor.placement.local import LocalPlacement
-from supervisor.process import Command
 from supervisor.state_store import DeploymentRecord, SavedBackend, StateStore
 from supervisor.states import State
 
 __all__ = [
     "PARKED_REPLICAS",
-    "CommandFactory",
     "EventListener",
     "Manager",
     "SupervisorConfig",
@@ -47,31 +43,20 @@ def is_idle(deployment: Deployment) -> bool:
     return not deployment.replicas and PARKED_REPLICAS in deployment.record.options
 
 
-CommandFactory = Callable[[DeploymentRecord, int], Awaitable[Command]]
-"""Deprecated: the two-argument factory a Manager wraps in a LocalPlacement.
-
-New code builds `LocalPlacement(store, factory, log_dir)` with a
-`supervisor.placement.local.CommandFactory` (record, port, host).
-"""
-
-
 class Manager:
     """Owns every backend of the gateway, wherever a placement runs it."""
 
     def __init__(
         self,
         store: StateStore,
-        placement: Placement | CommandFactory,
+        placement: Placement,
         config: SupervisorConfig,
         probe_session: aiohttp.ClientSession,
         listener: EventListener | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._store = store
-        self._owns_placement = not isinstance(placement, Placement)
-        if not isinstance(placement, Placement):
-            placement = _legacy_local(store, placement, config)
-        self.placement: Placement = placement
+        self.placement = placement
         self.config = config
         self._listener = listener
         self._clock: Clock = clock or SystemClock()
@@ -93,9 +78,7 @@ class Manager:
         wanted = {(record.key, saved.replica) for record, rows in loaded for saved in rows}
         await self.placement.sweep(wanted)
         for record, rows in loaded:
-            deployment = Deployment(
-                record, [Replica(s.replica, s.port or 0, self.config.host) for s in rows]
-            )
+            deployment = Deployment(record, [Replica(s.replica, s.port or 0) for s in rows])
             self.table[record.key] = deployment
             for replica, saved in zip(deployment.replicas, rows, strict=True):
                 attached = await self._attach(record, saved.replica, saved)
@@ -117,7 +100,7 @@ class Manager:
             started = self._clock.now()
             indexes = list(range(replicas))
             await self._store.add(record, indexes)
-            deployment = Deployment(record, [Replica(i, 0, self.config.host) for i in indexes])
+            deployment = Deployment(record, [Replica(i, 0) for i in indexes])
             try:
                 await self.placement.reserve(record, indexes)
                 self.table[record.key] = deployment
@@ -280,8 +263,6 @@ class Manager:
         else:
             await asyncio.gather(*(self._stop_all(d) for d in deployments))
         await self._keeper.close()
-        if self._owns_placement:
-            await self.placement.close()
 
     # ---------------------------------------------------------------- internals
 
@@ -309,7 +290,7 @@ class Manager:
         first_index = max((r.index for r in existing), default=-1) + 1
         indexes = list(range(first_index, first_index + count))
         await self._store.add_replicas(deployment.key, indexes)
-        added = [Replica(i, 0, self.config.host) for i in indexes]
+        added = [Replica(i, 0) for i in indexes]
         try:
             await self.placement.reserve(deployment.record, indexes)
             await self._launch(deployment, added)
@@ -369,25 +350,6 @@ class Manager:
         except Exception:
             # A listener's bug must not end the supervision of a backend.
             logger.exception("event listener failed on %r for %s", event, deployment.key)
-
-
-def _legacy_local(
-    store: StateStore, factory: CommandFactory, config: SupervisorConfig
-) -> LocalPlacement:
-    """The placement a Manager given a bare (record, port) factory used to imply.
-
-    Temporary, while the gateway moves to building its LocalPlacement itself; no
-    DeprecationWarning, since the test suite turns every warning into an error.
-    """
-    if config.log_dir is None:
-        raise ValueError("SupervisorConfig.log_dir is needed to build a LocalPlacement")
-
-    async def build(record: DeploymentRecord, port: int, host: str) -> Command:
-        return await factory(record, port)
-
-    return LocalPlacement(
-        store, build, config.log_dir, host=config.host, stop_timeout=config.stop_timeout
-    )
 
 
 async def _log_tail(replica: Replica) -> str:

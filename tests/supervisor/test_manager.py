@@ -390,26 +390,3 @@ async def test_set_options_merges_persists_and_waits_for_the_key_lock(harness: H
             await manager.set_options("m-2", {"max_batch_size": 2})
     finally:
         await harness.close(manager)
-
-
-async def test_a_bare_command_factory_still_gets_a_local_placement(tmp_path: Path) -> None:
-    """The gateway's call until it builds its own LocalPlacement (temporary shim)."""
-
-    async def legacy(rec: DeploymentRecord, port: int) -> Command:
-        return Command([sys.executable, FAKE, str(port)])
-
-    start, end = free_port_range(2)
-    store = await StateStore.open(tmp_path / "state.db", range(start, end + 1))
-    config = SupervisorConfig(log_dir=tmp_path / "logs", deploy_timeout=5, stop_timeout=2)
-    async with aiohttp.ClientSession() as session:
-        manager = Manager(store, legacy, config, session)
-        try:
-            assert isinstance(manager.placement, LocalPlacement)
-            deployment, _ = await manager.deploy(record("m-1"))
-            assert deployment.replicas[0].port == start and deployment.replicas[0].routable
-            assert await store.count_free_ports() == 1
-            await manager.undeploy("m-1")
-            assert await store.count_free_ports() == 2
-        finally:
-            await manager.close()
-            await store.close()
