@@ -154,6 +154,7 @@ async def _monitor(app: web.Application) -> AsyncIterator[None]:
         lambda: {k: (d.record.model_name, d.record.version) for k, d in routes.items()},
         interval=settings.monitor_interval_s,
         max_calls=settings.report_max_calls,
+        max_chars=int(settings.report_max_mb * 1024 * 1024),
         max_features=settings.monitor_max_features,
         config=drift_config(settings, hashed),
     )

@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -32,7 +31,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.quality import feedback as fb
-from gateway.quality.monitor import drift_config
+from gateway.quality.monitor import drift_config, last_calls, text_size
 from gateway.quality.report import DEFAULT_TOLERANCE, ReportInput, build_report, reference_frame
 from gateway.quality.scores import is_degraded, needs_classes, score_calls, score_feedback
 from gateway.records.privacy import parse_rules
@@ -163,7 +162,7 @@ async def _chunks(
     chars = 0
     async for item in source:
         chunk.append(item)
-        chars += _text_size(item)
+        chars += text_size(item)
         if len(chunk) >= size or chars >= max_chars:
             yield chunk
             chunk, chars = [], 0
@@ -171,29 +170,13 @@ async def _chunks(
         yield chunk
 
 
-def _text_size(record: InferenceRecord) -> int:
-    return len(record.inputs or "") + len(record.predictions or "")
-
-
 async def _last_calls(
     source: AsyncIterator[InferenceRecord], settings: Settings
 ) -> tuple[list[InferenceRecord], bool]:
-    """The newest calls a report or live metrics read, and whether older ones were left.
-
-    At most GATEWAY_REPORT_MAX_CALLS calls and GATEWAY_REPORT_MAX_MB of their logged
-    text (the newest call always), so one report's memory is bounded however large
-    the calls were.
-    """
+    """The newest calls a report or live metrics read: at most GATEWAY_REPORT_MAX_CALLS
+    calls and GATEWAY_REPORT_MAX_MB of their logged text, and whether older ones were left."""
     max_chars = int(settings.report_max_mb * 1024 * 1024)
-    window: deque[InferenceRecord] = deque()
-    chars, capped = 0, False
-    async for record in source:
-        window.append(record)
-        chars += _text_size(record)
-        while len(window) > 1 and (len(window) > settings.report_max_calls or chars > max_chars):
-            chars -= _text_size(window.popleft())
-            capped = True
-    return list(window), capped
+    return await last_calls(source, settings.report_max_calls, max_chars)
 
 
 # ---------------------------------------------------------------- baselines

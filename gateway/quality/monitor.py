@@ -48,12 +48,27 @@ def drift_config(settings: Settings, exclude: frozenset[str] = frozenset()) -> d
     )
 
 
-async def last_calls(source: AsyncIterator[InferenceRecord], limit: int) -> list[InferenceRecord]:
-    """The last `limit` calls of a time-ordered stream, in order, in bounded memory."""
-    window: deque[InferenceRecord] = deque(maxlen=limit)
+def text_size(record: InferenceRecord) -> int:
+    return len(record.inputs or "") + len(record.predictions or "")
+
+
+async def last_calls(
+    source: AsyncIterator[InferenceRecord], limit: int, max_chars: int
+) -> tuple[list[InferenceRecord], bool]:
+    """The newest calls of a time-ordered stream, in order, and whether older ones were left.
+
+    At most `limit` calls and `max_chars` of their logged text (the newest call
+    always), so memory is bounded however large the calls were.
+    """
+    window: deque[InferenceRecord] = deque()
+    chars, capped = 0, False
     async for record in source:
         window.append(record)
-    return list(window)
+        chars += text_size(record)
+        while len(window) > 1 and (len(window) > limit or chars > max_chars):
+            chars -= text_size(window.popleft())
+            capped = True
+    return list(window), capped
 
 
 @dataclass
@@ -122,6 +137,7 @@ class Monitor:
         *,
         interval: float,
         max_calls: int,
+        max_chars: int,
         max_features: int,
         config: drift.DriftConfig | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
@@ -131,6 +147,7 @@ class Monitor:
         self.deployments = deployments
         self.interval = interval
         self.max_calls = max_calls
+        self.max_chars = max_chars
         self.max_features = max_features
         self.config = config or drift.DriftConfig()
         self.tolerance = tolerance
@@ -182,12 +199,15 @@ class Monitor:
         return KeyData(
             key=key,
             reference_csv=await store.get_reference(name, version),
-            calls=await last_calls(store.iter_records(name, version), self.max_calls),
+            calls=(await self._last(store.iter_records(name, version)))[0],
             baseline=await store.get_baseline(name, version),
-            labelled=await last_calls(
-                store.iter_records(name, version, since, labelled=True), self.max_calls
-            ),
+            labelled=(await self._last(store.iter_records(name, version, since, labelled=True)))[0],
         )
+
+    async def _last(
+        self, source: AsyncIterator[InferenceRecord]
+    ) -> tuple[list[InferenceRecord], bool]:
+        return await last_calls(source, self.max_calls, self.max_chars)
 
     async def check(self, key: str, name: str, version: str) -> KeyStatus:
         now = self._clock()

@@ -21,7 +21,7 @@ from sklearn.datasets import load_wine
 from gateway.edge.telemetry import GatewayMetrics
 from gateway.quality import monitor as monitor_module
 from gateway.quality.drift import WINDOWS
-from gateway.quality.monitor import Monitor
+from gateway.quality.monitor import Monitor, last_calls
 from gateway.records.stores.base import Baseline, InferenceRecord
 from gateway.records.stores.sqlite import SQLiteStore
 
@@ -75,7 +75,13 @@ def _series(metrics: GatewayMetrics) -> dict[str, list[tuple[dict[str, str], flo
 
 
 def _monitor(store: SQLiteStore, keys: dict[str, tuple[str, str]], **kwargs: object) -> Monitor:
-    options = {"interval": 60.0, "max_calls": 10_000, "max_features": 50, **kwargs}
+    options = {
+        "interval": 60.0,
+        "max_calls": 10_000,
+        "max_chars": 1 << 30,
+        "max_features": 50,
+        **kwargs,
+    }
     return Monitor(store, lambda: keys, clock=lambda: NOW, **options)  # type: ignore[arg-type]
 
 
@@ -155,3 +161,25 @@ async def test_an_undeployed_key_loses_its_series_and_a_failing_key_keeps_its_la
     monitor.read = broken  # type: ignore[method-assign,assignment]
     await monitor.run_once()  # logged and counted, never raised
     assert monitor.failures == 1 and monitor.latest["wine-1"] is before
+
+
+async def test_a_pass_reads_the_newest_calls_bounded_in_count_and_in_text() -> None:
+    """However large the logged calls, a monitoring pass holds a bounded window of them."""
+    records = [InferenceRecord(id=str(i), model="m", version="1", ts=float(i),
+                               content_type="application/json", inputs="x" * 100,
+                               predictions="y" * 100) for i in range(50)]  # fmt: skip
+
+    async def stream() -> AsyncIterator[InferenceRecord]:
+        for record in records:
+            yield record
+
+    def ids(kept: list[InferenceRecord]) -> list[str]:
+        return [r.id for r in kept]
+
+    assert await last_calls(stream(), 100, 10**9) == (records, False)
+    kept, capped = await last_calls(stream(), 10, 10**9)
+    assert ids(kept) == [str(i) for i in range(40, 50)] and capped
+    kept, capped = await last_calls(stream(), 100, 1000)  # 200 characters a call
+    assert ids(kept) == [str(i) for i in range(45, 50)] and capped
+    kept, capped = await last_calls(stream(), 100, 1)  # the newest call, always
+    assert ids(kept) == ["49"] and capped
