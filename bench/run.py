@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpu import section_cpu, section_samecore
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "bench-wine"
 
@@ -680,6 +682,8 @@ SECTIONS = {
     "deploy": section_deploy,
     "v2": section_v2,
     "ray": section_ray,
+    "samecore": section_samecore,
+    "cpu": section_cpu,
 }
 
 
