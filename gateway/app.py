@@ -47,6 +47,7 @@ from gateway.deploy.placement import make_placement
 from gateway.deploy.registry import Registry
 from gateway.deploy.service import DeployService
 from gateway.edge.auth import Authenticator, Scope, auth_middleware, load_htpasswd
+from gateway.edge.dispatch import DISPATCH, InferenceFirst
 from gateway.edge.request_ids import echo_request_id, flush_periodically
 from gateway.edge.telemetry import GatewayMetrics
 from gateway.errors import error_middleware
@@ -296,6 +297,8 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[LAUNCHER] = make_launcher(settings)
     app.on_response_prepare.append(echo_request_id)
+    # The server's handler (see edge/serving.py): inference calls skip the router.
+    app[DISPATCH] = InferenceFirst(app, authenticator)
     app.cleanup_ctx.append(flush_periodically)
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(_data_store)

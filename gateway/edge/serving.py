@@ -198,6 +198,11 @@ async def serve(app: web.Application, listen: Listen, cap: int) -> None:
         shutdown_timeout=listen.shutdown_timeout,
     )
     await runner.setup()
+    from gateway.edge.dispatch import DISPATCH  # here: client commands never load the app
+
+    dispatch = app.get(DISPATCH)
+    if dispatch is not None and runner.server is not None:
+        runner.server.request_handler = dispatch  # deployed keys' calls skip the router
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app_keys import BATCHERS, INFERENCE_LOG, METRICS, ROUTES, SETTINGS, UPSTREAM
 from gateway.dataplane import proxy
 from gateway.dataplane.upstream import UpstreamPool
+from gateway.edge.dispatch import InferenceFirst
 from gateway.edge.telemetry import GatewayMetrics
 from gateway.errors import error_middleware
 from gateway.settings import Settings
@@ -108,6 +109,9 @@ async def make_gateway() -> GatewayFactory:
         proxy.add_routes(app)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
+        # As `modelgw serve` does: deployed keys' calls skip the router after the first.
+        assert client.server.runner is not None and client.server.runner.server is not None
+        client.server.runner.server.request_handler = InferenceFirst(app, None)
         clients.append(client)
         return client
 
