@@ -38,8 +38,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.run import REPO, bodies, free_port
 from bench.soak_faults import TinyDisk
+from bench.soak_helpers import REPO, bodies, free_port
 from bench.soak_load import Load, Outcome, summarize
 from bench.soak_procs import (
     GatewayProcess,
