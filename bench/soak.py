@@ -223,7 +223,7 @@ async def run(soak: Soak) -> dict[str, Any]:
         if status not in (200, 201):
             raise RuntimeError(f"deploy failed: {status} {answer}")
         watcher = asyncio.create_task(soak.watch_backends(watching))
-        soak.resources["gateway_at_load_start"] = usage(soak.gateway.pid)
+        soak.resources["gateway_before_load"] = usage(soak.gateway.pid)
         soak.t0 = load.t0 = time.monotonic()
         load_task = asyncio.create_task(load.run(stop))
         for window, action in schedule(args.minutes):
@@ -238,11 +238,13 @@ async def run(soak: Soak) -> dict[str, Any]:
             if window.name == "steady":
                 soak.resources["gateway_start"] = usage(soak.gateway.pid)
                 soak.resources["backends_start"] = await soak.backend_usage()
+        # Measured under load, as at the start; then again once the load has stopped.
+        soak.resources["gateway_end"] = usage(soak.gateway.pid)
+        soak.resources["backends_end"] = await soak.backend_usage()
         stop.set()
         await load_task
         drained = await soak.wait_drained(45)
-        soak.resources["gateway_end"] = usage(soak.gateway.pid)
-        soak.resources["backends_end"] = await soak.backend_usage()
+        soak.resources["gateway_after_load"] = usage(soak.gateway.pid)
         final_stats = await soak.log_stats()
     finally:
         stop.set()
@@ -345,11 +347,17 @@ def leftovers(soak: Soak) -> dict[str, Any]:
 
 def git_commit() -> str:
     def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(
+                ["git", *argv], cwd=REPO, capture_output=True, text=True, check=False
+            )
+        except OSError:
+            return "unknown"
         return done.stdout.strip()
 
+    dirty = git("status", "--porcelain")
     return git("rev-parse", "--short", "HEAD") + (
-        " (dirty)" if git("status", "--porcelain") else ""
+        " (dirty)" if dirty not in ("", "unknown") else ""
     )
 
 

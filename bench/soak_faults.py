@@ -62,10 +62,13 @@ class TinyDisk:
             return "not root: no tmpfs can be mounted, the full-disk fault is skipped"
         self.directory.mkdir(parents=True, exist_ok=True)
         options = f"size={self.size_mb}m,mode=0755"
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "soak-tmpfs", str(self.directory)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+        try:
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "soak-tmpfs", str(self.directory)],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"mount failed: {exc}"
         if done.returncode != 0:
             return f"mount failed: {done.stderr.strip() or done.returncode}"
         self.mounted = True

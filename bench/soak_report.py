@@ -49,7 +49,8 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
     for w in report.get("windows", []):
         out.append([
             w["name"], f"{w['end_s'] - w['start_s']:.0f}", str(w.get("requests", "")),
-            _causes(w.get("by_cause", {})), f"{_ms(w.get('p50_ms'))} / {_ms(w.get('p99_ms'))}",
+            _causes(w.get("by_cause", {})), str(w.get("longest_without_2xx_s", "")),
+            f"{_ms(w.get('p50_ms'))} / {_ms(w.get('p99_ms'))}",
             str(w.get("missing_from_log", "")), _fault(w),
         ])  # fmt: skip
     return out
@@ -60,6 +61,7 @@ HEADER = [
     "s",
     "calls",
     "non-2xx by cause",
+    "longest without 2xx, s",
     "p50 / p99 ms",
     "2xx missing from log",
     "the fault",
@@ -71,16 +73,18 @@ def _summary(report: dict[str, Any]) -> list[str]:
     res, left = report.get("resources", {}), report.get("leftovers", {})
     start, before = res.get("gateway_start", {}), res.get("gateway_before_kill", {})
     after, end = res.get("gateway_after_restart", {}), res.get("gateway_end", {})
+    idle = res.get("gateway_after_load", {})
     lines = [
         f"calls {totals.get('requests')}, 2xx {totals.get('ok')}, non-2xx {totals.get('non_2xx')}"
         f" ({_causes(totals.get('by_cause', {}))})",
         f"answered 2xx missing from the log: {log.get('missing')} (counted lost by the gateway:"
         f" {log.get('counted_lost_by_gateway')}; missing and not counted:"
         f" {log.get('missing_not_counted')}); logged twice: {log.get('logged_twice')}",
-        f"gateway RSS / open files: {start.get('rss_mb')} MB / {start.get('fds')} after the first"
-        f" window -> {before.get('rss_mb')} MB / {before.get('fds')} before its kill -9;"
+        f"gateway RSS / open files under load: {start.get('rss_mb')} MB / {start.get('fds')} after"
+        f" the first window -> {before.get('rss_mb')} MB / {before.get('fds')} before its kill -9;"
         f" restarted: {after.get('rss_mb')} MB / {after.get('fds')} -> {end.get('rss_mb')} MB /"
-        f" {end.get('fds')} at the end",
+        f" {end.get('fds')} at the end ({idle.get('rss_mb')} MB / {idle.get('fds')} once the load"
+        " stopped)",
         f"left after the final stop: {len(left.get('processes', []))} processes"
         f" {[p['cmd'][:60] for p in left.get('processes', [])]}, listening ports"
         f" {left.get('listening_ports')} (of {left.get('backend_pids_seen')} backend pids seen)",
