@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -62,6 +63,8 @@ class Manager:
         self._clock: Clock = clock or SystemClock()
         self._keeper = Keeper(placement, store, config, probe_session, self._clock, self._emit)
         self._locks: dict[str, asyncio.Lock] = {}
+        # Replicas a park is stopping, by key (out of the table, not yet gone).
+        self._retiring: dict[str, list[Replica]] = {}
         self.table: dict[str, Deployment] = {}
 
     # ------------------------------------------------------------------ public
@@ -142,7 +145,7 @@ class Manager:
             # The new replicas start under a staging deployment that carries the new
             # record, so their command (and later restarts) use it.
             staging = Deployment(record, [])
-            added = await self._start_replicas(staging, replicas, index_base=deployment)
+            added = await self._start_replicas(staging, replicas, deployment.replicas)
             old = deployment.replicas
             deployment.record = record
             deployment.replicas = added
@@ -224,9 +227,16 @@ class Manager:
             await self._store.update_record(record)
             deployment.record = record
             deployment.replicas = []  # one assignment: new calls see it idle at once
+            self._retiring[key] = replicas
+        # Stopped outside the key's lock, so a call that wakes the deployment meanwhile
+        # starts new backends at once instead of waiting for the old ones to exit.
+        try:
             await self._retire(deployment, replicas)
-            logger.info("%s is idle: stopped %d backend(s)", key, len(replicas))
-            return deployment
+        finally:
+            if self._retiring.get(key) is replicas:
+                del self._retiring[key]
+        logger.info("%s is idle: stopped %d backend(s)", key, len(replicas))
+        return deployment
 
     async def wake(self, key: str) -> Deployment:
         """Start the backends of an idle deployment again; returns once they are ready."""
@@ -235,7 +245,8 @@ class Manager:
             if deployment.replicas:
                 return deployment
             count = int(deployment.record.options.get(PARKED_REPLICAS) or 1)
-            added = await self._start_replicas(deployment, count)
+            # Numbered after the replicas a park may still be stopping.
+            added = await self._start_replicas(deployment, count, self._retiring.get(key, ()))
             options = dict(deployment.record.options)
             options.pop(PARKED_REPLICAS, None)
             record = dataclasses.replace(deployment.record, options=options)
@@ -283,10 +294,14 @@ class Manager:
             return None
 
     async def _start_replicas(
-        self, deployment: Deployment, count: int, index_base: Deployment | None = None
+        self, deployment: Deployment, count: int, numbered_after: Sequence[Replica] = ()
     ) -> list[Replica]:
-        """Add `count` replicas and start them; all ready, or none left behind."""
-        existing = (index_base or deployment).replicas
+        """Add `count` replicas and start them; all ready, or none left behind.
+
+        Their indexes follow those of `deployment` and of `numbered_after` (replicas
+        that still exist elsewhere: the ones a replace or a park is retiring).
+        """
+        existing = (*deployment.replicas, *numbered_after)
         first_index = max((r.index for r in existing), default=-1) + 1
         indexes = list(range(first_index, first_index + count))
         await self._store.add_replicas(deployment.key, indexes)

@@ -390,3 +390,26 @@ async def test_set_options_merges_persists_and_waits_for_the_key_lock(harness: H
             await manager.set_options("m-2", {"max_batch_size": 2})
     finally:
         await harness.close(manager)
+
+
+async def test_a_wake_does_not_wait_for_the_parked_backends_to_exit(harness: Harness) -> None:
+    """A call to a deployment that was just parked gets new backends at once: the old
+    ones (here one that ignores SIGTERM, so its stop takes the whole grace) stop aside."""
+    manager = await harness.open()
+    try:
+        deployment, _ = await manager.deploy(record("m-1", "stubborn"))
+        old = deployment.replicas[0]
+        old_pid = old.pid
+        park = asyncio.create_task(manager.park("m-1"))
+        await wait_for(lambda: not deployment.replicas)
+        woken = await manager.wake("m-1")
+        assert not park.done(), "the wake waited for the parked backend's stop"
+        [new] = woken.replicas
+        assert new.index == old.index + 1 and new.routable and new.pid != old_pid
+        await park
+        assert old_pid is not None and not pid_alive(old_pid)
+        assert [r.index for r in deployment.replicas] == [new.index]
+        [(_, rows)] = await harness.store.load()
+        assert [row.replica for row in rows] == [new.index]
+    finally:
+        await harness.close(manager)
