@@ -14,6 +14,8 @@ cancels out:
   `mlflow models serve`, and the two backends' own requests/s;
 - Open Inference Protocol (V2) infer vs `/invocations`, both through the gateway, with
   the real model and in front of the trivial backend;
+- traffic management (bench/traffic.py): the latency of admitted calls and the share shed
+  under an overload with shedding off vs on, and a wake-up from idle vs a fresh deploy;
 - Ray placement across two network namespaces (root and iproute2): through the gateway on
   host A to a backend on host B vs calling that backend directly from A, deploy-to-ready
   on Ray vs local, and the resident memory Ray adds per node.
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from cpu import section_cpu, section_samecore
+from traffic import section_overload, section_wake
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "bench-wine"
@@ -684,6 +687,8 @@ SECTIONS = {
     "ray": section_ray,
     "samecore": section_samecore,
     "cpu": section_cpu,
+    "overload": section_overload,
+    "wake": section_wake,
 }
 
 
