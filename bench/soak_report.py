@@ -29,7 +29,7 @@ def _fault(window: dict[str, Any]) -> str:
         "backend_kill9": ("replica back after {replica_back_after_s} s",),
         "backend_sigstop": ("replaced after {replica_replaced_after_s} s",),
         "store_lock": ("spooled {log_spooled}, replayed {log_replayed}, lost {log_lost}",),
-        "spool_full": ("spooled {log_spooled}, lost {log_lost} (counted)",),
+        "disk_full": ("spooled {log_spooled}, lost {log_lost} (counted)",),
         "replace_scale": ("replace {replace[status]} in {replace[seconds]} s, "
                           "scale {scale_to_3[status]}/{scale_to_2[status]}",),
         "slowloris": ("{closed_by_gateway}/{sockets} closed by the gateway, median {median_s_to_close} s",),

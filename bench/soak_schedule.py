@@ -76,7 +76,7 @@ async def store_lock(soak: Soak, w: Window) -> dict[str, Any]:
     }
 
 
-async def spool_full(soak: Soak, w: Window) -> dict[str, Any]:
+async def disk_full(soak: Soak, w: Window) -> dict[str, Any]:
     if soak.disk is None:
         return {"skipped": soak.disk_skipped}
     before = await soak.log_stats()
@@ -130,6 +130,7 @@ async def gateway_kill9(soak: Soak, w: Window) -> dict[str, Any]:
     await asyncio.to_thread(gw.start)
     listening = await soak.wait_health(60)
     listening_s = None if listening is None else round(time.monotonic() - started, 2)
+    soak.lost_at_restart = (await soak.log_stats()).get("lost", 0)
     ready = await soak.wait_running(w.seconds + OVERRUN)
     ready_s = None if ready is None else round(time.monotonic() - started, 2)
     soak.resources["gateway_after_restart"] = usage(gw.pid)
@@ -147,7 +148,7 @@ def schedule(minutes: float) -> list[tuple[Window, Action]]:
         ("backend_kill9", 30, 15, 0, "kill -9 one backend replica", backend_kill9),
         ("backend_sigstop", 35, 15, 15, "SIGSTOP one backend replica, SIGCONT later", backend_sigstop),
         ("store_lock", 40, 15, 15, "BEGIN EXCLUSIVE on inference.db (spills to the spool)", store_lock),
-        ("spool_full", 45, 20, 15, "spool tmpfs filled + store locked, then freed", spool_full),
+        ("disk_full", 45, 20, 15, "the log's tmpfs filled + store locked, then freed", disk_full),
         ("replace_scale", 40, 25, 0, "replace=true, scale to 3, scale to 2", replace_scale),
         ("slowloris", 30, 20, 0, f"{SLOWLORIS_SOCKETS} sockets sending headers byte by byte", slowloris_window),
         ("idle_flood", 30, 20, 0, f"{IDLE_SOCKETS} idle connections", idle_window),
