@@ -34,14 +34,6 @@ logger = logging.getLogger(__name__)
 # Not Content-Encoding: aiohttp has already decoded a compressed body, so the bytes we
 # send are plain and the header would make the backend decode them again.
 FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT)
-# Answer headers that describe one hop (or that aiohttp sets itself) and are dropped.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
-        "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
-    )
-)  # fmt: skip
 
 
 def request_header_lines(request: web.Request) -> str:
@@ -62,8 +54,9 @@ def request_header_lines(request: web.Request) -> str:
 
 
 def answer_headers(answer: UpstreamResponse) -> list[tuple[str, str]]:
-    """The backend's answer headers that pass to the caller."""
-    return [(k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP]
+    """The backend's answer headers that pass to the caller, in a list of the caller's own
+    (the pool's parser has already dropped the hop-by-hop ones)."""
+    return list(answer.headers)
 
 
 def transport_error(replica: Replica, exc: UpstreamError | TimeoutError) -> GatewayError:

@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 
 import httptools
 
+# Answer headers that describe one hop (or that aiohttp sets itself): the parser drops
+# them, so an answer's `headers` are the end-to-end ones a caller may see.
+HOP_BY_HOP = frozenset(
+    h.lower().encode()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+        "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
+    )
+)  # fmt: skip
+
 
 class UpstreamError(Exception):
     """The backend could not be reached or broke the connection."""
@@ -54,7 +64,7 @@ class UpstreamAborted(UpstreamUnanswered):
 @dataclass(slots=True)
 class UpstreamResponse:
     status: int
-    headers: list[tuple[str, str]]
+    headers: list[tuple[str, str]]  # end-to-end only (not HOP_BY_HOP)
     body: bytes = b""
     streaming: bool = False
     _conn: _Connection | None = field(default=None, repr=False)
@@ -99,10 +109,12 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.deadline = 0.0  # loop time by which the answer's head must have come
         self.used = False
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._status = 0
         self._headers: list[tuple[str, str]] = []
+        self._length: int | None = None  # the answer's Content-Length
         self._body: list[bytes] = []
         self._received = False
         self._streaming = False
@@ -146,15 +158,16 @@ class _Connection(asyncio.Protocol):
         self._status = self.parser.get_status_code()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP:
+            if lowered == b"content-length":
+                self._length = int(value)
+            return
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._keep_alive = self.parser.should_keep_alive()
-        length = None
-        for name, value in self._headers:
-            if name.lower() == "content-length":
-                length = int(value)
-                break
+        length = self._length
         if length is None or length > self.pool.stream_threshold:
             if self._status not in (204, 304) and length != 0:
                 self._streaming = True
@@ -192,7 +205,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._status, self._headers, self._body = 0, [], []
+        self._status, self._headers, self._body, self._length = 0, [], [], None
         self._received = self._done = self._streaming = False
         self._chunks.clear()
         self._buffered = 0
@@ -287,6 +300,10 @@ class UpstreamPool:
         self.resent = 0  # how many times that happened (tests and diagnostics)
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
+        # One timer for every call waiting for an answer, not one per call: it ticks
+        # while calls wait and fails those past their deadline, at most a tick late.
+        self._tick = min(1.0, max(0.05, read_timeout / 8))
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(
         self, host: str, port: int, method: str, path: str, headers: str, body: bytes | None
@@ -314,15 +331,30 @@ class UpstreamPool:
 
     async def _exchange(self, conn: _Connection, data: bytes) -> UpstreamResponse:
         waiter = conn.send(data)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.read_timeout, _expire, waiter, conn)
+        loop = waiter.get_loop()
+        conn.deadline = loop.time() + self.read_timeout
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._tick, self._sweep, loop)
         try:
             return await waiter
         except asyncio.CancelledError:
             conn.abort()
             raise
-        finally:
-            timer.cancel()
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the calls whose answer is overdue; tick again while any call waits."""
+        self._sweeper = None
+        now, waiting = loop.time(), False
+        for conn in list(self._all):
+            waiter = conn._waiter
+            if waiter is None:
+                continue
+            if now >= conn.deadline:
+                _expire(waiter, conn)
+            else:
+                waiting = True
+        if waiting:
+            self._sweeper = loop.call_later(self._tick, self._sweep, loop)
 
     async def _acquire(self, host: str, port: int) -> tuple[_Connection, bool]:
         idle = self._idle.get((host, port))
@@ -370,6 +402,9 @@ class UpstreamPool:
         return sum(conn.drop(reason) for conn in list(self._all) if conn.key == key)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             conn.abort()
         self._all.clear()
