@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -77,14 +78,36 @@ class JsonAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
-_FIELDS = ("method", "path", "key", "status", "duration_ms", "bytes_in", "bytes_out",
-           "request_id", "remote")  # fmt: skip
+# What json.dumps writes for a str (ensure_ascii): the line below is json.dumps of the
+# entry's dict, field for field, without building the dict or walking it in Python.
+_quote = json.encoder.encode_basestring_ascii
+_stamp: list[object] = [None, ""]  # (second, its ISO 8601 text): one strftime per second
+
+
+def _value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _quote(value)
+    kind = type(value)  # not isinstance: a bool is an int that json writes as true/false
+    if kind is int or (kind is float and math.isfinite(value)):  # type: ignore[arg-type]
+        return repr(value)  # as json.dumps writes them
+    return json.dumps(value)
 
 
 def format_entry(entry: tuple[object, ...]) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry[0])) + "Z"  # type: ignore[arg-type]
-    return json.dumps({"time": stamp, **dict(zip(_FIELDS, entry[1:], strict=True))},
-                      separators=(",", ":"))  # fmt: skip
+    """One access line: time, method, path, key, status, duration_ms, bytes_in,
+    bytes_out, request_id, remote (a JSON object, compact, in that order)."""
+    at, method, path, key, status, duration_ms, bytes_in, bytes_out, rid, remote = entry
+    second = int(at)  # type: ignore[call-overload]
+    if _stamp[0] != second:
+        _stamp[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + "Z"]
+    return (
+        f'{{"time":"{_stamp[1]}","method":{_value(method)},"path":{_value(path)},'
+        f'"key":{_value(key)},"status":{_value(status)},"duration_ms":{_value(duration_ms)},'
+        f'"bytes_in":{_value(bytes_in)},"bytes_out":{_value(bytes_out)},'
+        f'"request_id":{_value(rid)},"remote":{_value(remote)}}}'
+    )
 
 
 class BlockWriteHandler(logging.StreamHandler[TextIO]):
