@@ -43,14 +43,17 @@ def request_header_lines(request: web.Request) -> str:
     extended with the caller's address.
     """
     incoming = request.headers
-    lines = [
-        f"{name}: {incoming[name]}\r\n" for name in FORWARDED_REQUEST_HEADERS if name in incoming
-    ]
+    lines = ""
+    for name in FORWARDED_REQUEST_HEADERS:
+        value = incoming.get(name)
+        if value is not None:
+            lines += f"{name}: {value}\r\n"
     remote = request.remote or ""
     previous = incoming.get(hdrs.X_FORWARDED_FOR)
-    lines.append(f"X-Request-ID: {request_id(request)}\r\n")
-    lines.append(f"X-Forwarded-For: {previous + ', ' + remote if previous else remote}\r\n")
-    return "".join(lines)
+    return (
+        f"{lines}X-Request-ID: {request_id(request)}\r\n"
+        f"X-Forwarded-For: {previous + ', ' + remote if previous else remote}\r\n"
+    )
 
 
 def answer_headers(answer: UpstreamResponse) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import istr
 
 from gateway.app_keys import (
     ADMISSIONS,
@@ -39,6 +39,7 @@ from gateway.errors import BackendTimeout, DeploymentNotFound, GatewayError, Mod
 from supervisor.deployment import Deployment
 
 MODEL_VERSION_HEADER = "X-Model-Version"
+_REQUEST_TIMEOUT = istr(REQUEST_TIMEOUT_HEADER)  # case-folded once, not per call
 
 
 def lookup(request: web.Request) -> Deployment:
@@ -64,8 +65,9 @@ async def relay(request: web.Request, answer: UpstreamResponse) -> web.StreamRes
         if answer.status >= 400:
             keep_trace = request.app[SETTINGS].backend_stack_traces
             return backend_error_response(answer.status, headers, answer.body, keep_trace)
-        return web.Response(status=answer.status, body=answer.body, headers=CIMultiDict(headers))
-    response = web.StreamResponse(status=answer.status, headers=CIMultiDict(headers))
+        # The response copies the pairs into its own CIMultiDict: none made here.
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
+    response = web.StreamResponse(status=answer.status, headers=headers)
     try:
         await response.prepare(request)
         async for chunk in answer.iter_chunks():
@@ -77,10 +79,11 @@ async def relay(request: web.Request, answer: UpstreamResponse) -> web.StreamRes
 
 
 def _timing(request: web.Request, key: str) -> KeyMetrics | None:
-    metrics = request.app.get(METRICS)
+    app = request.app
+    metrics = app.get(METRICS)
     if metrics is None:
         return None
-    return metrics.for_key(key if key in request.app[ROUTES] else UNKNOWN_KEY)
+    return metrics.for_key(key if key in app[ROUTES] else UNKNOWN_KEY)
 
 
 async def timed(
@@ -133,9 +136,10 @@ async def serve(
     """
     if not deployment.replicas:
         await wake(request, deployment)
-    admissions = request.app.get(ADMISSIONS)
+    app = request.app
+    admissions = app.get(ADMISSIONS)
     admission = admissions.get(deployment.key) if admissions else None
-    raw_timeout = request.headers.get(REQUEST_TIMEOUT_HEADER)
+    raw_timeout = request.headers.get(_REQUEST_TIMEOUT)
     if admission is not None or raw_timeout is not None:
         return await _serve_managed(
             request, deployment, admission, raw_timeout, body, content_type, header_lines,
@@ -190,18 +194,19 @@ async def _serve(
     whole: bool,
 ) -> web.StreamResponse:
     response: web.StreamResponse | None = None
-    batcher = request.app[BATCHERS].get(deployment.key)
+    app = request.app
+    batcher = app[BATCHERS].get(deployment.key)
     if batcher is not None:
         answer = await batcher.submit(body, content_type, header_lines, request_id(request), timing)
         if answer is not None:
             response = await relay(request, answer)
     if response is None:
         answer = await call_backend(
-            request.app[UPSTREAM], deployment, "POST", "/invocations",
-            header_lines, body, timing, whole=whole,
+            app[UPSTREAM], deployment, "POST", "/invocations", header_lines, body, timing,
+            whole=whole,
         )  # fmt: skip
         response = await relay(request, answer)
-    log = request.app[INFERENCE_LOG]
+    log = app[INFERENCE_LOG]
     if log is not None and 200 <= response.status < 300:
         # A streamed (large) answer was never held whole: its inputs are logged alone.
         answer_body = response.body if isinstance(response, web.Response) else None

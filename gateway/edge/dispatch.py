@@ -24,6 +24,7 @@ from gateway.app_keys import ROUTES
 from gateway.dataplane import proxy
 from gateway.edge.auth import Authenticator, Scope
 from gateway.errors import error_middleware
+from supervisor.deployment import Deployment
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,6 +39,7 @@ class InferenceFirst:
         self._app = app
         self._fallback: Handler = app._handle
         self._matches: dict[str, UrlMappingMatchInfo] = {}
+        self._routes: dict[str, Deployment] | None = None  # the app's table, once started
         self._guarded: Handler = proxy.invoke
         if authenticator is not None and authenticator.enabled:
             check = authenticator.check
@@ -53,7 +55,10 @@ class InferenceFirst:
         if request.method == hdrs.METH_POST:
             match = self._matches.get(request.raw_path)
             if match is not None:
-                if match["key"] in self._app[ROUTES] and hdrs.EXPECT not in request.headers:
+                routes = self._routes
+                if routes is None:  # set at start-up, frozen with the app after it
+                    routes = self._routes = self._app[ROUTES]
+                if match["key"] in routes and hdrs.EXPECT not in request.headers:
                     request._match_info = match
                     return await error_middleware(request, self._guarded)
             else:
