@@ -463,6 +463,8 @@ def main() -> int:
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "root": os.geteuid() == 0,
+            # 1,000 idle sockets and the load need more than a 1,024 default: raised above.
+            "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         },
         "minutes": args.minutes,
         "concurrency": args.concurrency,

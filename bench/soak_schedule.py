@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -113,7 +114,9 @@ async def slowloris_window(soak: Soak, w: Window) -> dict[str, Any]:
 
 
 async def idle_window(soak: Soak, w: Window) -> dict[str, Any]:
-    return await idle_flood(soak.host, soak.port, IDLE_SOCKETS, w.seconds - LEAD - 1)
+    # Our own open-files limit bounds the flood (the soak raised it to the hard limit).
+    sockets = min(IDLE_SOCKETS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 256)
+    return await idle_flood(soak.host, soak.port, sockets, w.seconds - LEAD - 1)
 
 
 async def gateway_kill9(soak: Soak, w: Window) -> dict[str, Any]:
