@@ -412,8 +412,40 @@ def _serve_forever(start: Any) -> None:
     loop.run_forever()
 
 
+def render(data: dict[str, Any]) -> str:
+    """The `cpu` section and the closing note of a results file, as Markdown tables."""
+    lines = []
+    for row in data["results"]:
+        if row.get("scenario") == "cpu per call":
+            lines += [f"| Proxy (c={row['connections']}, fixed-response backend) | CPU µs per call "
+                      "| x nginx | requests/s |", "|---|---|---|---|"]  # fmt: skip
+            for name, figures in row.items():
+                if isinstance(figures, dict):
+                    lines.append(f"| {name} | {figures['us_per_call']:.1f} | "
+                                 f"**{figures['x_nginx']:.2f}x** | {figures['rps']:,.0f} |")  # fmt: skip
+        if row.get("scenario") == "issue 15 targets":
+            lines += ["", "| Target | this run | bound | met |", "|---|---|---|---|"]
+            for target in row["targets"]:
+                value, sign = target["value"], "<=" if target["kind"] == "max" else ">="
+                met = (
+                    "not run" if value is None
+                    else "yes" if (value <= target["bound"] if target["kind"] == "max"
+                                   else value >= target["bound"])
+                    else "**no**"
+                )  # fmt: skip
+                shown = "-" if value is None else f"{value:.2f}"
+                lines.append(
+                    f"| {target['target']} | {shown} | {sign} {target['bound']:g} | {met} |"
+                )
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
-    """`cpu.py backend PORT` (the counting backend) or `cpu.py floor PORT` (aiohttp's floor)."""
+    """`cpu.py backend PORT` (the counting backend), `cpu.py floor PORT` (aiohttp's floor),
+    or `cpu.py render RESULTS.json` (this section's tables in Markdown)."""
+    if argv[0] == "render":
+        print(render(json.loads(Path(argv[1]).read_text())))
+        return
     kind, port = argv[0], int(argv[1])
     if kind == "backend":
 

@@ -16,6 +16,9 @@ cancels out:
   the real model and in front of the trivial backend;
 - traffic management (bench/traffic.py): the latency of admitted calls and the share shed
   under an overload with shedding off vs on, and a wake-up from idle vs a fresh deploy;
+- CPU µs per proxied call (the proxy's process from /proc): nginx, aiohttp's floor, the
+  gateway with logging off/on and with batching, plus a py-spy profile; and the gateway on
+  its backend's core vs direct (bench/cpu.py, sections `cpu` and `samecore`);
 - Ray placement across two network namespaces (root and iproute2): through the gateway on
   host A to a backend on host B vs calling that backend directly from A, deploy-to-ready
   on Ray vs local, and the resident memory Ray adds per node.
