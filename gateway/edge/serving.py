@@ -136,12 +136,19 @@ class _Refusal(asyncio.Protocol):
 class CappedSite(web.BaseSite):
     """A TCP site that refuses connections past `max_connections` at once."""
 
-    __slots__ = ("_budget", "_cap", "_host", "_port")
+    __slots__ = ("_budget", "_cap", "_host", "_on_refused", "_port")
 
-    def __init__(self, runner: web.BaseRunner, listen: Listen, cap: int) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        listen: Listen,
+        cap: int,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(runner, backlog=listen.backlog)
         self._host, self._port, self._cap = listen.host, listen.port, cap
         self._budget = LogBudget(lines=5, interval=60.0)
+        self._on_refused = on_refused
 
     @property
     def name(self) -> str:
@@ -156,6 +163,8 @@ class CappedSite(web.BaseSite):
         def protocol() -> asyncio.Protocol:
             if len(server.connections) < self._cap:
                 return server()
+            if self._on_refused is not None:
+                self._on_refused()
             allowed, suppressed = self._budget.take()
             if allowed:
                 logger.warning(
@@ -198,7 +207,9 @@ async def serve(app: web.Application, listen: Listen, cap: int) -> None:
         shutdown_timeout=listen.shutdown_timeout,
     )
     await runner.setup()
-    from gateway.edge.dispatch import DISPATCH  # here: client commands never load the app
+    # Here: client commands never load the app.
+    from gateway.app_keys import METRICS
+    from gateway.edge.dispatch import DISPATCH
 
     dispatch = app.get(DISPATCH)
     if dispatch is not None and runner.server is not None:
@@ -206,7 +217,9 @@ async def serve(app: web.Application, listen: Listen, cap: int) -> None:
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        site = CappedSite(runner, listen, cap)
+        metrics = app.get(METRICS)
+        refused = metrics.refused_connections.inc if metrics is not None else None
+        site = CappedSite(runner, listen, cap, refused)
         await site.start()
         logger.info("======== Running on %s ========", site.name)
         await stop.wait()

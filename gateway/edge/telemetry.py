@@ -177,6 +177,11 @@ class GatewayMetrics:
                                     ["key"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.shed = Counter("modelgw_shed", "Calls refused with 429 because the queue was full.",
                             ["key"], registry=r)  # fmt: skip
+        self.refused_connections = Counter(
+            "modelgw_refused_connections",
+            "Client connections refused at once (503) because GATEWAY_MAX_CLIENT_CONNECTIONS"
+            " were open.", registry=r,
+        )  # fmt: skip
         self.cold_starts = Counter("modelgw_cold_starts",
                                    "Wake-ups of an idle (scaled to zero) deployment.",
                                    ["key"], registry=r)  # fmt: skip

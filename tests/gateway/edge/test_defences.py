@@ -152,16 +152,32 @@ def test_the_connection_cap_fits_the_open_files_limit() -> None:
 # ------------------------------------------------------------ connections
 
 
+def refused_count(sock: socket.socket) -> float:
+    """`modelgw_refused_connections_total`, read over an open connection."""
+    sock.sendall(
+        b"GET /metrics HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer "
+        + ADMIN.encode() + b"\r\n\r\n"
+    )  # fmt: skip
+    answer = read_answer(sock)
+    assert status_of(answer) == 200, answer[:200]
+    for line in answer.decode().splitlines():
+        if line.startswith("modelgw_refused_connections_total "):
+            return float(line.split()[1])
+    raise AssertionError("no modelgw_refused_connections_total in /metrics")
+
+
 def test_connections_past_the_cap_are_refused_at_once_while_open_ones_are_served(
     connect: Connect,
 ) -> None:
     held = [served(connect) for _ in range(CAP)]
+    refusals_before = refused_count(held[0])
     refused = connect()
     refused.sendall(HEALTH)
     answer = read_answer(refused)
     assert status_of(answer) == 503, answer
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "service_unavailable"
     assert refused.recv(1) == b""  # and closed
+    assert refused_count(held[0]) == refusals_before + 1  # counted in Prometheus
     for sock in held:  # the open ones are still served, on the same connections
         sock.sendall(HEALTH)
         assert status_of(read_answer(sock)) == 200
