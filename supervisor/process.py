@@ -135,7 +135,9 @@ class ChildProcess:
             await asyncio.sleep(0.05)
         return True
 
-    async def log_tail(self, max_lines: int = 25, max_bytes: int = 16384) -> str:
+    async def log_tail(self, max_lines: int = 25) -> str:
+        # Room for lines of up to 1 KiB on average, within 1 MiB.
+        max_bytes = min(max(16384, max_lines * 1024), 1 << 20)
         return await asyncio.to_thread(read_tail, self.log_path, max_lines, max_bytes)
 
 
@@ -145,17 +147,26 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 def read_tail(path: Path, max_lines: int, max_bytes: int) -> str:
-    """The last `max_lines` lines of a file, reading at most `max_bytes`."""
+    """The last `max_lines` lines of a file, reading at most `max_bytes`.
+
+    The text ends with a newline exactly when the file does (a follower tells a
+    finished last line from one still being written), and a line cut by the
+    `max_bytes` window is left out rather than shown in part.
+    """
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - max_bytes))
+            start = max(0, size - max_bytes)
+            f.seek(start)
             data = f.read()
     except FileNotFoundError:
         return ""
     lines = data.decode("utf-8", "replace").splitlines()
-    return "\n".join(lines[-max_lines:])
+    if start > 0 and lines:
+        lines = lines[1:]  # began mid-line (or just after a newline: a whole line lost)
+    text = "\n".join(lines[-max_lines:])
+    return text + "\n" if text and data.endswith(b"\n") else text
 
 
 def sweep_orphan_group(pgid: int, marker: str) -> bool:
