@@ -119,11 +119,20 @@ def test_the_stack_has_every_service_and_mounts_files_of_the_repo() -> None:
 # ------------------------------------------------------------ Prometheus, Grafana
 
 
-def test_prometheus_config_and_its_rules_pass_promtool() -> None:
-    result = subprocess.run([tool("promtool"), "check", "config", str(COMPOSE / "prometheus.yml")],
+def test_prometheus_config_and_its_rules_pass_promtool(tmp_path: Path) -> None:
+    # Laid out as compose.yaml mounts them in the container's /etc/prometheus.
+    for source, mounted in ((COMPOSE / "prometheus.yml", "prometheus.yml"),
+                            (COMPOSE / "alerts.yml", "alerts.yml"),
+                            (REPO / "docs" / "prometheus-alerts.yml", "quality-alerts.yml")):  # fmt: skip
+        shutil.copy(source, tmp_path / mounted)
+    result = subprocess.run([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 1 rule files found" in result.stdout + result.stderr
+    assert "SUCCESS: 2 rule files found" in result.stdout + result.stderr
+    mounts = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["prometheus"][
+        "volumes"
+    ]
+    assert "./docs/prometheus-alerts.yml:/etc/prometheus/quality-alerts.yml:ro" in mounts
 
 
 def test_every_alert_fires_in_its_unit_test() -> None:
