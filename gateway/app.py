@@ -120,15 +120,19 @@ async def _inference_log(app: web.Application) -> AsyncIterator[None]:
     )
     log = InferenceLogger(
         app[STORE],
-        settings.spool_dir,
+        settings.journal_dir,
         batch_size=settings.log_batch_size,
         flush_interval=settings.log_flush_interval,
         max_pending=settings.log_max_pending,
         sample=settings.log_sample,
         redactor=redactor,
         max_rows=settings.log_max_rows_per_call,
+        fsync=settings.log_fsync,
+        fsync_interval=settings.log_fsync_interval,
+        segment_bytes=max(int(settings.log_journal_segment_mb * 2**20), 4096),
+        legacy_spool=settings.spool_dir,
     )
-    log.start()
+    await log.start()
     app[INFERENCE_LOG] = log
     yield
     await log.close()

@@ -151,7 +151,31 @@ class Settings(BaseSettings):
     """Seconds a partial batch waits before it is written."""
 
     log_max_pending: int = Field(50_000, ge=1, validation_alias=_env("GATEWAY_LOG_MAX_PENDING"))
-    """Records kept in memory while the store is down; beyond, they go to the spool file."""
+    """Logged calls held in memory while they wait for the store; beyond, they wait in the
+    inference journal on disk only and are read back from it (memory stays bounded)."""
+
+    log_fsync: Literal["always", "batch", "never"] = Field(
+        "batch", validation_alias=_env("GATEWAY_LOG_FSYNC")
+    )
+    """When the inference journal is forced to disk. Every logged call is journaled before
+    its answer leaves, which survives a crash of the gateway process in every mode; for a
+    power cut or kernel crash: `batch` fdatasyncs every GATEWAY_LOG_FSYNC_INTERVAL in a
+    worker thread (the calls of that last interval can be lost), `always` holds each
+    answer until an fdatasync covers its call (calls in flight share one; each pays a disk
+    flush of latency), `never` leaves it to the kernel (typically within 30 s)."""
+
+    log_fsync_interval: float = Field(
+        1.0, gt=0, le=60, validation_alias=_env("GATEWAY_LOG_FSYNC_INTERVAL")
+    )
+    """Seconds between two fdatasyncs of the inference journal with GATEWAY_LOG_FSYNC=batch
+    (Redis's `everysec`): the calls a power cut can take. Each sync is a handoff to a
+    worker thread and a disk flush, a cost per interval, not per call."""
+
+    log_journal_segment_mb: float = Field(
+        16.0, gt=0, validation_alias=_env("GATEWAY_LOG_JOURNAL_SEGMENT_MB")
+    )
+    """Size (MiB) at which a journal file is closed and a new one begun; a file is deleted
+    once the store has every call in it."""
 
     log_max_rows_per_call: int = Field(
         10_000, ge=1, validation_alias=_env("GATEWAY_LOG_MAX_ROWS_PER_CALL")
@@ -173,7 +197,8 @@ class Settings(BaseSettings):
     log_redact: str | None = Field(None, validation_alias=_env("GATEWAY_LOG_REDACT"))
     """Input fields never stored, comma-separated: `name` or `name:drop` removes the field
     and its values; `name:hash` keeps it as HMAC-SHA256 under a key made once in the data
-    dir (`redaction.key`). Applied before the store and the spool see a call."""
+    dir (`redaction.key`). Applied before the store sees a call (the journal, on the
+    gateway's own disk, holds raw bodies until the store has them)."""
 
     log_retention_days: float = Field(
         0.0, ge=0, validation_alias=_env("GATEWAY_LOG_RETENTION_DAYS")
@@ -362,7 +387,12 @@ class Settings(BaseSettings):
         return self.data_dir / "inference.db"
 
     @property
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
+
+    @property
     def spool_dir(self) -> Path:
+        """Where releases before the journal spilled records: replayed once, then empty."""
         return self.data_dir / "spool"
 
     @property

@@ -219,6 +219,8 @@ async def _serve(
             answer_body if isinstance(answer_body, bytes) else None,
             request_id=request_id(request),
         )
+        if log.sync_each_call:  # GATEWAY_LOG_FSYNC=always: the answer waits for the disk
+            await log.durable()
     return response
 
 

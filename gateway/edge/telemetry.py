@@ -255,8 +255,8 @@ class StateCollector(Collector):
         if log is not None:
             depth.add_metric([], float(log.depth))
             store_up.add_metric([], 1.0 if log.stats.store_up else 0.0)
-            for outcome in ("submitted", "written", "retried", "spooled", "replayed", "lost",
-                            "sampled_out"):  # fmt: skip
+            for outcome in ("submitted", "journaled", "unjournaled", "written", "retried",
+                            "spooled", "replayed", "torn", "lost", "sampled_out"):  # fmt: skip
                 records.add_metric([outcome], float(getattr(log.stats, outcome)))
         yield depth
         yield store_up

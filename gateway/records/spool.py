@@ -1,67 +1,38 @@
-"""A local overflow file for inference records the store cannot take yet.
+"""What releases before the journal left in `<data dir>/spool/`: read once, then deleted.
 
-Records are written as JSON lines, one file per spill, and replayed oldest
-first once the store is back; a file is deleted only after its records are in.
-A spill is written to a `.partial` file first and renamed when whole; a failed
-write (a full disk) removes its partial file, and partial files an earlier
-process left behind (killed mid-write) are removed at start: they hold no
-record that was counted as spooled.
+Those releases spilled records to JSON-lines files there while the store was down.
+Nothing writes spool files any more (journal.py keeps every call instead); the log
+writer replays any it finds at start, so an upgrade loses none of them. Partial files
+(a spill interrupted by a crash) held no record that was counted as kept: removed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
-import os
-import time
 from pathlib import Path
 
-from gateway.records.stores.base import InferenceRecord
+from gateway.records.stores.base import InferenceRecord, Store
 
 logger = logging.getLogger(__name__)
 
 
 class Spool:
-    """A directory of `spool-<ns>.jsonl` files. Methods block: call them in a thread."""
+    """A directory of `spool-<ns>.jsonl` files. Methods but `replay` block: use a thread."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def write(self, records: list[InferenceRecord]) -> Path:
-        """Write `records` durably (fsync) or raise OSError (e.g. a full disk)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"spool-{time.time_ns()}.jsonl"
-        partial = final.with_suffix(".partial")
-        try:
-            with open(partial, "w", encoding="utf-8") as f:
-                for record in records:
-                    f.write(json.dumps(dataclasses.asdict(record)))
-                    f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            partial.rename(final)  # a file is either whole or absent
-        except BaseException:
-            # The records were not kept (the caller counts them lost): neither is
-            # the partial file, which would only hold disk space a full disk lacks.
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            raise
-        return final
-
     def recover(self) -> list[Path]:
-        """At start: drop partial files of an earlier process, list whole ones."""
-        if self.directory.is_dir():
-            for partial in self.directory.glob("spool-*.partial"):
-                with contextlib.suppress(OSError):
-                    partial.unlink()
-                    logger.warning("removed %s, left by an interrupted spool write", partial)
-        return self.files()
-
-    def files(self) -> list[Path]:
+        """At start: drop partial files, list whole ones, oldest first."""
         if not self.directory.is_dir():
             return []
+        for partial in self.directory.glob("spool-*.partial"):
+            with contextlib.suppress(OSError):
+                partial.unlink()
+                logger.warning("removed %s, left by an interrupted spool write", partial)
         return sorted(self.directory.glob("spool-*.jsonl"))
 
     def read(self, path: Path) -> list[InferenceRecord]:
@@ -70,3 +41,19 @@ class Spool:
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
+
+    async def replay(self, path: Path, store: Store, batch_size: int) -> int:
+        """Store one file's records and delete it: how many. Store errors propagate
+        (the file stays, and is replayed whole again: ids make that idempotent)."""
+        try:
+            records = await asyncio.to_thread(self.read, path)
+        except (ValueError, TypeError) as exc:
+            # Never retry a damaged file forever; keep it aside for a person.
+            logger.error("spool file %s is damaged (%s); set aside", path, exc)
+            await asyncio.to_thread(path.rename, path.with_suffix(".damaged"))
+            return 0
+        for i in range(0, len(records), batch_size):
+            await store.insert_records(records[i : i + batch_size])
+        await asyncio.to_thread(self.remove, path)
+        logger.info("replayed %d records of an earlier release's spool", len(records))
+        return len(records)

@@ -100,7 +100,7 @@ async def test_the_writer_logs_at_most_n_rows_per_call_and_counts_the_rest(
     store = SQLiteStore(tmp_path / "inference.db")
     await store.open()
     log = InferenceLogger(store, tmp_path / "spool", flush_interval=0.01, max_rows=100)
-    log.start()
+    await log.start()
     try:
         big = split_body(1_000).encode()
         answer = json.dumps({"predictions": [i % 3 for i in range(1_000)]}).encode()

@@ -1,97 +1,52 @@
-"""The spool leaves no partial file behind: not after a failed write, not after a crash.
+"""Spool files an earlier release left are replayed once at start, then gone.
 
-A full disk is made real with RLIMIT_FSIZE in a child process: the kernel refuses
-the write past the limit (EFBIG), as it would refuse one past the free space.
+Nothing writes the spool any more (the journal keeps every call); an upgrade that
+finds spool files from a store outage must still deliver them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-import textwrap
+import dataclasses
+import json
 from pathlib import Path
 
-from gateway.records.spool import Spool
 from gateway.records.stores.base import InferenceRecord
 from gateway.records.stores.sqlite import SQLiteStore
 from gateway.records.writer import InferenceLogger
-from tests.support import REPO
+from tests.gateway.records.test_writer import eventually
 
 
-def record(i: int, size: int = 100) -> InferenceRecord:
+def record(i: int) -> InferenceRecord:
     return InferenceRecord(
         id=f"r{i}", model="m", version="1", ts=1_700_000_000.0 + i,
-        content_type="application/json", inputs="x" * size, predictions="[1]",
+        content_type="application/json", inputs=f'{{"instances": [[{i}]]}}', predictions="[1]",
     )  # fmt: skip
 
 
-def test_a_write_the_disk_refuses_leaves_no_partial_file(tmp_path: Path) -> None:
-    spool_dir = tmp_path / "spool"
-    script = textwrap.dedent(
-        f"""
-        import resource, signal, sys
-        from pathlib import Path
-        from gateway.records.spool import Spool
-        from gateway.records.stores.base import InferenceRecord
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write, not a killed process
-        records = [InferenceRecord(id=str(i), model="m", version="1", ts=float(i),
-                                   content_type="application/json", inputs="x" * 10_000,
-                                   predictions=None) for i in range(100)]
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
-        try:
-            Spool(Path({str(spool_dir)!r})).write(records)
-        except OSError as exc:
-            print("refused:", exc.strerror)
-            sys.exit(0)
-        sys.exit("the write was not refused")
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("refused:"), done.stdout
-    assert spool_dir.is_dir()
-    assert list(spool_dir.iterdir()) == []
+def write_spool(path: Path, records: list[InferenceRecord]) -> None:
+    """A spool file as the earlier release wrote it: one record as JSON per line."""
+    rows = [dataclasses.asdict(r) for r in records]
+    for row in rows:
+        del row["arm"]  # the earlier release's records had no arm
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def test_a_write_that_fits_is_whole_and_replayable(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    path = spool.write([record(1), record(2)])
-    assert path.suffix == ".jsonl"
-    assert [r.id for r in spool.read(path)] == ["r1", "r2"]
-    assert list(tmp_path.glob("*.partial")) == []
-
-
-def test_partial_files_of_an_earlier_process_are_removed_at_start(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
-    whole = spool.write([record(1)])
-    left = spool.directory / "spool-1.partial"
-    left.write_text('{"id": "half')  # a process killed mid-write
-    assert spool.recover() == [whole]
-    assert not left.exists()
-
-
-async def test_the_writer_sweeps_partial_files_when_it_starts(tmp_path: Path) -> None:
+async def test_an_earlier_releases_spool_is_replayed_and_removed(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "inference.db")
     await store.open()
-    spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    left = spool_dir / "spool-1.partial"
-    left.write_text('{"id": "half')
-    Spool(spool_dir).write([record(7)])
-    log = InferenceLogger(store, spool_dir, flush_interval=0.01)
-    log.start()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    write_spool(spool / "spool-1.jsonl", [record(1), record(2)])
+    write_spool(spool / "spool-2.jsonl", [record(3)])
+    (spool / "spool-3.partial").write_text('{"id": "half')  # a spill cut short: never counted
+    (spool / "spool-4.jsonl").write_text('{"not": "a record"}\n')
+    log = InferenceLogger(store, tmp_path / "journal", flush_interval=0.01, legacy_spool=spool)
+    await log.start()
     try:
-        for _ in range(1500):  # a bound, not a timing: the writer replays at start
-            if log.stats.replayed == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert not left.exists()
-        assert log.stats.replayed == 1
-        assert list(spool_dir.iterdir()) == []
+        await eventually(lambda: log.stats.replayed == 3)
+        await eventually(lambda: sorted(p.name for p in spool.iterdir()) == ["spool-4.damaged"])
+        got = {r.id: r.arm async for r in store.iter_records("m", "1")}
+        assert got == {"r1": "primary", "r2": "primary", "r3": "primary"}
     finally:
         await log.close()
         await store.close()

@@ -201,7 +201,7 @@ async def test_redacted_fields_never_reach_the_documents(server, store, tmp_path
 
     redactor = Redactor({"ssn": "drop", "email": "hash"}, b"k" * 32)
     log = InferenceLogger(store, tmp_path / "spool", flush_interval=0.01, redactor=redactor)
-    log.start()
+    await log.start()
     body = {
         "dataframe_split": {
             "columns": ["ssn", "email", "age"],
