@@ -60,9 +60,9 @@ FSYNC_MODES: tuple[Fsync, ...] = ("always", "batch", "never")
 
 FORMAT = 1
 _FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
-# format, record id, time, lengths of model, version, content type, request id + 1
-# (0: none), arm, answer (-1: none) and body.
-_HEAD = struct.Struct("<B16sdHHHHBiI")
+# format, record id, time, lengths of model, version, content type, arm, request id + 1
+# (0: none), answer (-1: none) and body.
+_HEAD = struct.Struct("<B16sdHHHBHiI")
 _COUNTERS = struct.Struct("<QQI")  # lost, held, CRC-32 of the two
 _SEGMENT = re.compile(r"seg-(\d+)\.log")
 _READ_BUFFER = 1 << 20
@@ -88,7 +88,7 @@ def segment_name(seq: int) -> str:
 
 
 def _decode(payload: bytes, seq: int, end: int) -> Call:
-    fmt, rid, ts, n_model, n_version, n_type, n_request, n_arm, n_answer, n_body = (
+    fmt, rid, ts, n_model, n_version, n_type, n_arm, n_request, n_answer, n_body = (
         _HEAD.unpack_from(payload)
     )
     if fmt != FORMAT:
@@ -98,10 +98,10 @@ def _decode(payload: bytes, seq: int, end: int) -> Call:
         raise ValueError("field lengths disagree with the frame")
     i = _HEAD.size
     fields = []
-    for n in (n_model, n_version, n_type, max(n_request - 1, 0), n_arm):
+    for n in (n_model, n_version, n_type, n_arm, max(n_request - 1, 0)):
         fields.append(payload[i : i + n].decode())
         i += n
-    model, version, content_type, request_id, arm = fields
+    model, version, content_type, arm, request_id = fields
     body = payload[i : i + n_body]
     i += n_body
     answer = payload[i : i + n_answer] if n_answer >= 0 else None
@@ -129,6 +129,7 @@ class Journal:
         self._counters_fd: int | None = None
         self._counters_dirty = False
         self.last_append = 0.0  # time of the last frame
+        self._names: dict[tuple[str, str, str, str], tuple[bytes, int, int, int, int]] = {}
         # Held around fdatasync and close of segment fds, in worker threads only: the
         # event loop never waits on it (it only appends, and seals by flag).
         self._io = threading.Lock()
@@ -136,30 +137,43 @@ class Journal:
     # ------------------------------------------------------------- start, end
 
     def open(self) -> tuple[list[tuple[int, int]], int, int]:
-        """Blocking. The earlier process's segments (number, size) and counters (lost, held)."""
+        """Blocking. The earlier process's segments (number, size) and counters (lost, held).
+
+        Raises OSError only when the directory cannot be made or listed; then no earlier
+        segment is known to this process, so none can be removed by it.
+        """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         earlier = []
         for entry in os.scandir(self.directory):
             match = _SEGMENT.fullmatch(entry.name)
             if match is not None:
-                seq = int(match.group(1))
-                earlier.append((seq, entry.stat().st_size))
-                self._segments[seq] = _Segment(seq, earlier[-1][1], sealed=True, earlier=True)
+                earlier.append((int(match.group(1)), entry.stat().st_size))
         earlier.sort()
+        for seq, size in earlier:
+            self._segments[seq] = _Segment(seq, size, sealed=True, earlier=True)
         self._next_seq = earlier[-1][0] + 1 if earlier else 1
-        return earlier, *self._open_counters()
+        try:
+            return earlier, *self._open_counters()
+        except OSError as exc:  # e.g. a full disk: `lost` is then counted in memory only
+            logger.error("the journal's counters file cannot be opened: %s", exc)
+            return earlier, 0, 0
 
     def _open_counters(self) -> tuple[int, int]:
         fd = os.open(self.directory / "counters", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._counters_fd = fd
         data = os.pread(fd, _COUNTERS.size, 0)
+        self._counters_fd = fd
         if len(data) == _COUNTERS.size:
             lost, held, crc = _COUNTERS.unpack(data)
             if zlib.crc32(data[:16]) == crc:
                 return lost, held
             logger.error("the journal's counters file is damaged: lost and held start from 0")
         # Written whole now, so that later updates overwrite a block the file has.
-        self.save_counters(0, 0)
+        try:
+            self.save_counters(0, 0)
+        except OSError:
+            self._counters_fd = None
+            os.close(fd)
+            raise
         return 0, 0
 
     def close(self, *, remove_all: bool = False) -> None:
@@ -199,14 +213,17 @@ class Journal:
         Raises OSError (a full disk: the caller keeps the call in memory) or
         ValueError (a field too long for the frame); a short write is cut off first.
         """
-        names = (model.encode(), version.encode(), content_type.encode(),
-                 b"" if request_id is None else request_id.encode(), arm.encode())  # fmt: skip
+        names = self._names.get((model, version, content_type, arm))
+        if names is None:
+            names = self._encode_names(model, version, content_type, arm)
+        prefix, n_model, n_version, n_type, n_arm = names
+        request = b"" if request_id is None else request_id.encode()
         head = _HEAD.pack(
-            FORMAT, rid, ts, len(names[0]), len(names[1]), len(names[2]),
-            0 if request_id is None else len(names[3]) + 1, len(names[4]),
+            FORMAT, rid, ts, n_model, n_version, n_type, n_arm,
+            0 if request_id is None else len(request) + 1,
             -1 if answer is None else len(answer), len(body),
         )  # fmt: skip
-        strings = b"".join(names)
+        strings = prefix + request
         crc = zlib.crc32(body, zlib.crc32(strings, zlib.crc32(head)))
         parts = [b"", head, strings, body]
         if answer:
@@ -228,6 +245,17 @@ class Journal:
         if segment.size >= self.segment_bytes:
             self.seal()
         return segment.seq, start, segment.size
+
+    def _encode_names(
+        self, model: str, version: str, content_type: str, arm: str
+    ) -> tuple[bytes, int, int, int, int]:
+        """The encoded names of a deployment's calls, made once (bounded: a few per key)."""
+        if len(self._names) >= 1024:
+            self._names.clear()
+        parts = (model.encode(), version.encode(), content_type.encode(), arm.encode())
+        names = (b"".join(parts), len(parts[0]), len(parts[1]), len(parts[2]), len(parts[3]))
+        self._names[(model, version, content_type, arm)] = names
+        return names
 
     def _start_segment(self, ts: float) -> _Segment:
         seq = self._next_seq

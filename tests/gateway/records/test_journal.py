@@ -74,6 +74,25 @@ async def test_a_torn_frame_is_counted_lost_and_the_count_survives_restarts(
         await again.close()
 
 
+async def test_a_counters_file_that_cannot_be_opened_still_replays_the_journal(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "journal"
+    dead = Journal(journal)
+    dead.open()
+    for i in range(3):
+        _append(dead, i)
+    (journal / "counters").unlink()
+    (journal / "counters").mkdir()  # opening it now fails (EISDIR)
+    store = FlakyStore()
+    log = InferenceLogger(store, journal, flush_interval=0.01)
+    await log.start()
+    await eventually(lambda: len(store.rows) == 3)
+    await eventually(lambda: segments(journal) == [])
+    await log.close()
+    assert log.stats.replayed == 3 and log.stats.lost == 0
+
+
 def test_a_full_disk_never_fails_a_call_and_what_dies_in_memory_is_counted(
     tmp_path: Path,
 ) -> None:
