@@ -86,6 +86,7 @@ class Soak:
         self.resources: dict[str, Any] = {}
         self.lost_before_kill = 0
         self.lost_at_restart = 0
+        self.lost_at_start = 0  # the running gateway's `lost` when it started
         self.kill_at: float | None = None
         self.skipped: list[str] = []
         self.settings = {**GATEWAY_ENV, **self.journal_env()}
@@ -153,7 +154,7 @@ class Soak:
 
     @staticmethod
     def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-        keys = ("submitted", "written", "spooled", "replayed", "lost")
+        keys = ("submitted", "written", "spooled", "replayed", "unjournaled", "lost")
         return {f"log_{k}": after.get(k, 0) - before.get(k, 0) for k in keys}
 
     async def _poll(self, check: Any, timeout: float, interval: float = 0.2) -> float | None:
@@ -187,23 +188,44 @@ class Soak:
 
         return await self._poll(replaced, timeout)
 
-    async def wait_drained(self, timeout: float) -> float | None:
-        """Seconds until every record submitted is settled (written, lost or sampled
-        out) and no spool file is left. `pending` alone is not enough: records in the
-        middle of a spill are in neither the queue nor a finished spool file."""
+    async def wait_drained(self, timeout: float, idle: bool = False) -> float | None:
+        """Seconds until every call submitted is settled, or None after `timeout`.
+
+        Settled: written, lost (since this process started: a journal's count is
+        carried over restarts) or sampled out, everything that went to disk read back,
+        nothing pending in memory, no spool file left. `pending` alone is not enough:
+        calls waiting on disk, or in the middle of a spill, are not in it. With
+        `idle` (no load any more) the journal must be empty too: an idle gateway
+        removes its segments once the store has every call in them, so this also
+        holds when a restarted gateway's `written` includes an earlier one's calls.
+        """
 
         async def drained() -> bool:
             stats = await self.log_stats()
-            settled = sum(stats.get(k, 0) for k in ("written", "lost", "sampled_out"))
-            spooled = any(any(d.glob("spool-*.jsonl")) for d in self.spool_dirs() if d.is_dir())
-            return (
-                bool(stats)
-                and stats.get("pending", 1) == 0
-                and settled >= stats.get("submitted", 0)
-                and not spooled
-            )
+            if not stats or stats.get("pending", 1) != 0 or self.spool_files():
+                return False
+            lost = stats.get("lost", 0) - self.lost_at_start
+            settled = stats.get("written", 0) + stats.get("sampled_out", 0) + lost
+            if settled < stats.get("submitted", 0):
+                return False
+            if stats.get("replayed", 0) < stats.get("spooled", 0):
+                return False
+            return not (idle and self.journal_files())
 
         return await self._poll(drained, timeout, 0.5)
+
+    def spool_files(self) -> list[Path]:
+        return [f for d in self.spool_dirs() if d.is_dir() for f in d.glob("spool-*.jsonl")]
+
+    def journal_files(self) -> dict[str, int]:
+        """Journal segments holding bytes, by name (an empty directory without a journal)."""
+        found = {}
+        for d in self.spool_dirs():
+            for f in d.glob("seg-*.log") if d.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    if size := f.stat().st_size:
+                        found[f.name] = size
+        return found
 
     async def backend_usage(self) -> list[dict[str, Any]]:
         return [
@@ -258,7 +280,7 @@ async def run(soak: Soak) -> dict[str, Any]:
         soak.resources["backends_end"] = await soak.backend_usage()
         stop.set()
         await load_task
-        drained = await soak.wait_drained(45)
+        drained = await soak.wait_drained(45, idle=True)
         soak.resources["gateway_after_load"] = usage(soak.gateway.pid)
         final_stats = await soak.log_stats()
     finally:
@@ -367,6 +389,10 @@ def leftovers(soak: Soak) -> dict[str, Any]:
         "backend_pids_seen": len(soak.backend_pids),
         "processes": [{"pid": p, "cmd": command_line(p)} for p in pids],
         "listening_ports": listening_ports(ports),
+        # Calls a stopped gateway leaves on disk reach the store only at its next start:
+        # the log was read without them.
+        "journal_segments_left": soak.journal_files(),
+        "spool_files_left": len(soak.spool_files()),
     }
 
 

@@ -29,7 +29,8 @@ def _fault(window: dict[str, Any]) -> str:
         "backend_kill9": ("replica back after {replica_back_after_s} s",),
         "backend_sigstop": ("replaced after {replica_replaced_after_s} s",),
         "store_lock": ("spooled {log_spooled}, replayed {log_replayed}, lost {log_lost}",),
-        "disk_full": ("spooled {log_spooled}, lost {log_lost} (counted)",),
+        "disk_full": ("spooled {log_spooled}, not journaled {log_unjournaled},"
+                      " lost {log_lost} (counted)",),
         "replace_scale": ("replace {replace[status]} in {replace[seconds]} s, "
                           "scale {scale_to_3[status]}/{scale_to_2[status]}",),
         "slowloris": ("{closed_by_gateway}/{sockets} closed by the gateway, median {median_s_to_close} s",),
@@ -87,7 +88,9 @@ def _summary(report: dict[str, Any]) -> list[str]:
         " stopped)",
         f"left after the final stop: {len(left.get('processes', []))} processes"
         f" {[p['cmd'][:60] for p in left.get('processes', [])]}, listening ports"
-        f" {left.get('listening_ports')} (of {left.get('backend_pids_seen')} backend pids seen)",
+        f" {left.get('listening_ports')} (of {left.get('backend_pids_seen')} backend pids seen);"
+        f" journal segments with calls {left.get('journal_segments_left', {})}, spool files"
+        f" {left.get('spool_files_left', 0)}",
     ]
     kill = report.get("at_gateway_kill")
     if kill:

@@ -133,7 +133,7 @@ async def gateway_kill9(soak: Soak, w: Window) -> dict[str, Any]:
     await asyncio.to_thread(gw.start)
     listening = await soak.wait_health(60)
     listening_s = None if listening is None else round(time.monotonic() - started, 2)
-    soak.lost_at_restart = (await soak.log_stats()).get("lost", 0)
+    soak.lost_at_restart = soak.lost_at_start = (await soak.log_stats()).get("lost", 0)
     ready = await soak.wait_running(w.seconds + OVERRUN)
     ready_s = None if ready is None else round(time.monotonic() - started, 2)
     soak.resources["gateway_after_restart"] = usage(gw.pid)
