@@ -193,35 +193,36 @@ async def _serve(
     timing: KeyMetrics | None,
     whole: bool,
 ) -> web.StreamResponse:
-    response: web.StreamResponse | None = None
     app = request.app
+    answer: UpstreamResponse | None = None
     batcher = app[BATCHERS].get(deployment.key)
     if batcher is not None:
         answer = await batcher.submit(body, content_type, header_lines, request_id(request), timing)
-        if answer is not None:
-            response = await relay(request, answer)
-    if response is None:
+    if answer is None:
         answer = await call_backend(
             app[UPSTREAM], deployment, "POST", "/invocations", header_lines, body, timing,
             whole=whole,
         )  # fmt: skip
-        response = await relay(request, answer)
     log = app[INFERENCE_LOG]
-    if log is not None and 200 <= response.status < 300:
-        # A streamed (large) answer was never held whole: its inputs are logged alone.
-        answer_body = response.body if isinstance(response, web.Response) else None
-        record = deployment.record
+    if log is not None and 200 <= answer.status < 300:
+        # Logged before any byte of the answer leaves, under the version that produced
+        # it; a streamed (large) answer was never held whole: its inputs are logged alone.
         log.submit(
-            record.model_name,
-            record.version,
+            deployment.record.model_name,
+            answer.model_version or deployment.record.version,
             content_type,
             body,
-            answer_body if isinstance(answer_body, bytes) else None,
+            None if answer.streaming else answer.body,
             request_id=request_id(request),
         )
         if log.sync_each_call:  # GATEWAY_LOG_FSYNC=always: the answer waits for the disk
-            await log.durable()
-    return response
+            try:
+                await log.durable()
+            except BaseException:
+                if answer.streaming:
+                    answer.finish()
+                raise
+    return await relay(request, answer)
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:

@@ -49,7 +49,7 @@ WINDOWS: dict[str, float | None] = {
     "all_time": None,
 }
 NON_FEATURES = {"timestamp", "_ts", "prediction", "target", "label", "y", "ground_truth",
-                "request_id"}  # fmt: skip
+                "request_id", "arm"}  # fmt: skip
 # A numeric feature is discrete when its reference takes at most this many values,
 # each seen MIN_PER_LEVEL times on average (a few repeating values, not a small
 # sample of a continuous variable).

@@ -67,6 +67,10 @@ class CountingRegistry:
 
 
 class RecordingLog:
+    """What the proxy asks of the inference log: `submit`, and whether to await the disk."""
+
+    sync_each_call = False
+
     def __init__(self) -> None:
         self.records: list[tuple[Any, ...]] = []
 
