@@ -33,11 +33,13 @@ def free_port_range(size: int) -> tuple[int, int]:
     while True:
         start = _next_range[0]
         _next_range[0] += size + 1
-        if all(_bindable(p) for p in range(start, start + size)):
+        if all(port_free(p) for p in range(start, start + size)):
             return start, start + size - 1
 
 
-def _bindable(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:`port` (SO_REUSEADDR, as a backend sets it: closed
+    keep-alive connections may leave TIME_WAIT entries behind)."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -7,14 +7,13 @@ burst of concurrent calls wakes it once and every call is served.
 from __future__ import annotations
 
 import signal
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RegistryInfo
-from tests.support import ONE_ROW, Gateway, pid_alive, wait_until
+from tests.support import ONE_ROW, Gateway, pid_alive, port_free, wait_until
 
 KEY = "wine-quality-1"
 
@@ -22,18 +21,6 @@ KEY = "wine-quality-1"
 @pytest.fixture
 def own_gateway(registry: RegistryInfo, tmp_path: Path) -> Gateway:
     return Gateway(tmp_path / "data", registry.tracking_uri)
-
-
-def port_free(port: int) -> bool:
-    """Nothing listens there (SO_REUSEADDR, as a backend sets it: the gateway's closed
-    keep-alive connections may leave TIME_WAIT entries behind)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def metric(gw: Gateway, line_start: str) -> float:
