@@ -138,6 +138,11 @@ def variants(s: Setup) -> dict[str, tuple[list[int], str]]:
     off = s.gateway("gw-cpu-off", GATEWAY_BACKEND_COMMAND=_trivial_command(s), **quiet)
     on = s.gateway("gw-cpu-on", GATEWAY_BACKEND_COMMAND=_trivial_command(s))
     batched = s.gateway("gw-cpu-batch", GATEWAY_BACKEND_COMMAND=_counting_command(), **quiet)
+    # The same as `off`, every request through aiohttp's objects (no inference lane).
+    aiohttp_only = s.gateway(
+        "gw-cpu-nolane", GATEWAY_BACKEND_COMMAND=_trivial_command(s), GATEWAY_INFERENCE_LANE="0",
+        **quiet,
+    )  # fmt: skip
     status, answer = http(
         "POST", f"{batched.url}/deploy/{MODEL}/1?max_batch_size=64&max_batch_delay_ms=2"
     )
@@ -159,6 +164,7 @@ def variants(s: Setup) -> dict[str, tuple[list[int], str]]:
         "gateway, logging off": ([off.proc.pid], f"{off.url}/{KEY}"),
         "gateway, logging on": ([on.proc.pid], f"{on.url}/{KEY}"),
         "gateway, batching on": ([batched.proc.pid], f"{batched.url}/{KEY}"),
+        "gateway, lane off": ([aiohttp_only.proc.pid], f"{aiohttp_only.url}/{KEY}"),
     }
 
 

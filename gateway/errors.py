@@ -203,11 +203,6 @@ async def error_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except GatewayError as exc:
-        response = error_response(exc.status, exc.code, exc.detail, exc.headers)
-        if exc.close_connection:
-            response.force_close()
-        return response
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -219,26 +214,42 @@ async def error_middleware(
             detail = f"no route for {request.method} {request.path}"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, detail, headers)
-    except SupervisorError as exc:
+    except Exception as exc:
+        transport = request.transport
+        client_gone = transport is None or transport.is_closing()
+        return answer_for(exc, request.method, request.path, client_gone)
+
+
+def answer_for(exc: Exception, method: str, path: str, client_gone: bool) -> web.Response:
+    """The JSON answer for what a handler raised (aiohttp's HTTP errors aside).
+
+    Shared by the error middleware and the inference lane (gateway/edge/inference_lane.py),
+    so a call gets the same answer whichever of the two served it.
+    """
+    if isinstance(exc, GatewayError):
+        response = error_response(exc.status, exc.code, exc.detail, exc.headers)
+        if exc.close_connection:
+            response.force_close()
+        return response
+    if isinstance(exc, SupervisorError):
         mapped = from_supervisor(exc)
         return error_response(mapped.status, mapped.code, mapped.detail, mapped.headers)
-    except (ConnectionResetError, BrokenPipeError) as exc:
-        if request.transport is not None and not request.transport.is_closing():
-            return _unhandled(request, exc)  # not the client's connection: a bug
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        if not client_gone:
+            return _unhandled(method, path, exc)  # not the client's connection: a bug
         # The client went away mid-answer (a streamed export, say): nothing to send.
         allowed, suppressed = _GONE_LINES.take()
         if allowed:
-            logger.info("client left during %s %s: %s%s", request.method, request.path,
-                        exc, suppressed_note(suppressed))  # fmt: skip
+            logger.info("client left during %s %s: %s%s", method, path, exc,
+                        suppressed_note(suppressed))  # fmt: skip
         return error_response(499, "client_closed_request", "the client closed the connection")
-    except Exception as exc:
-        return _unhandled(request, exc)
+    return _unhandled(method, path, exc)
 
 
-def _unhandled(request: web.Request, exc: Exception) -> web.Response:
+def _unhandled(method: str, path: str, exc: Exception) -> web.Response:
     """A bug: its traceback logged (within the bug's budget), a 500 answered."""
     allowed, suppressed = _bug_budget(exc).take()
     if allowed:
-        logger.error("unhandled error on %s %s%s", request.method, request.path,
-                     suppressed_note(suppressed), exc_info=exc)  # fmt: skip
+        logger.error("unhandled error on %s %s%s", method, path, suppressed_note(suppressed),
+                     exc_info=exc)  # fmt: skip
     return error_response(500, "internal_error", "an unexpected error occurred; see the logs")

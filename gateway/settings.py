@@ -272,6 +272,11 @@ class Settings(BaseSettings):
     """Seconds a client connection may sit idle, before its first request or between
     two, before the gateway closes it."""
 
+    inference_lane: bool = Field(True, validation_alias=_env("GATEWAY_INFERENCE_LANE"))
+    """Serve inference calls to deployed keys on the gateway's own HTTP lane (httptools)
+    rather than through aiohttp's request objects: the same answers for less CPU per call.
+    Off: every request goes through aiohttp. Access control on: always off."""
+
     log_level: str = Field("INFO", validation_alias=_env("GATEWAY_LOG_LEVEL"))
     """Python logging level of the gateway."""
 

@@ -7,7 +7,8 @@ MODE: ready (default) | exit (fails at once) | never-ready (never listens) |
       /ping wait for each other, so pings go unanswered while calls are worked on)
 
 A POST body picks the work of the call: `spin:S` burns CPU for S seconds, `sleep:S`
-waits S seconds without CPU; any other body is echoed. Every answer carries its
+waits S seconds without CPU; `big:N` answers a JSON string of N bytes (a large
+answer, which the gateway streams); any other body is echoed. Every answer carries its
 server's port in `X-Backend-Port`, so a test sees which replica answered.
 """
 
@@ -34,7 +35,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         with _worker:
             _work(body)
-            self._answer(body)
+            kind, _, size = body.partition(b":")
+            self._answer(b'"' + b"x" * int(size) + b'"' if kind == b"big" else body)
 
     def _answer(self, body: bytes) -> None:
         self.send_response(200)

@@ -185,7 +185,7 @@ async def model_ready(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.StreamResponse:
     """POST /v2/models/{name}[/versions/{version}]/infer."""
     key = _key(request)
-    return await proxy.timed(request, key, partial(_infer, request, key))
+    return await proxy.timed(request.app, key, partial(_infer, request, key))
 
 
 async def _infer(request: web.Request, key: str, timing: KeyMetrics | None) -> web.StreamResponse:

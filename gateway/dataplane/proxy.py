@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import Protocol, TypeVar
 
 from aiohttp import hdrs, web
 from multidict import istr
@@ -78,8 +80,30 @@ async def relay(request: web.Request, answer: UpstreamResponse) -> web.StreamRes
     return response
 
 
-def _timing(request: web.Request, key: str) -> KeyMetrics | None:
-    app = request.app
+class Answered(Protocol):
+    """What a call's handler returns: its final status (a response, or what the lane sent)."""
+
+    @property
+    def status(self) -> int: ...
+
+
+A = TypeVar("A", bound=Answered)
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Call:
+    """One scoring call as the backend gets it, whichever front end (aiohttp or the
+    inference lane) read it: the bytes, the header lines, the id and the deadline asked."""
+
+    body: bytes
+    content_type: str
+    header_lines: str
+    request_id: str
+    raw_timeout: str | None  # the caller's X-Request-Timeout, unparsed
+
+
+def key_timing(app: web.Application, key: str) -> KeyMetrics | None:
     metrics = app.get(METRICS)
     if metrics is None:
         return None
@@ -87,20 +111,18 @@ def _timing(request: web.Request, key: str) -> KeyMetrics | None:
 
 
 async def timed(
-    request: web.Request,
-    key: str,
-    work: Callable[[KeyMetrics | None], Awaitable[web.StreamResponse]],
-) -> web.StreamResponse:
+    app: web.Application, key: str, work: Callable[[KeyMetrics | None], Awaitable[A]]
+) -> A:
     """Run one inference call for `key`, counted in flight and timed by its final status."""
-    timing = _timing(request, key)
+    timing = key_timing(app, key)
     started = time.perf_counter()
     status = 500
     if timing is not None:
         timing.in_flight.inc()
     try:
-        response = await work(timing)
-        status = response.status
-        return response
+        answered = await work(timing)
+        status = answered.status
+        return answered
     except (GatewayError, web.HTTPException) as exc:
         status = exc.status
         raise
@@ -112,7 +134,11 @@ async def timed(
 
 async def wake(request: web.Request, deployment: Deployment) -> None:
     """A deployment scaled to zero is started again; the call is held until it is ready."""
-    deployer = request.app.get(DEPLOYER)
+    await wake_in(request.app, deployment)
+
+
+async def wake_in(app: web.Application, deployment: Deployment) -> None:
+    deployer = app.get(DEPLOYER)
     if deployer is not None:
         await deployer.wake(deployment)
 
@@ -127,51 +153,58 @@ async def serve(
     *,
     whole: bool = False,
 ) -> web.StreamResponse:
+    """One MLflow scoring call for an aiohttp request: `serve_call`, relayed as a response."""
+    call = Call(
+        body, content_type, header_lines, request_id(request), request.headers.get(_REQUEST_TIMEOUT)
+    )
+    return await serve_call(request.app, deployment, call, timing, partial(relay, request), whole)
+
+
+async def serve_call(
+    app: web.Application,
+    deployment: Deployment,
+    call: Call,
+    timing: KeyMetrics | None,
+    deliver: Callable[[UpstreamResponse], Awaitable[T]],
+    whole: bool = False,
+) -> T:
     """One MLflow scoring call: through the batcher (if any) or straight to a backend.
 
-    The answer is relayed, and a success goes to the inference log with the
-    scoring body it answered. `whole` asks for the answer held in memory, never
-    streamed, for callers that translate it. A deployment with admission control,
-    or a call with a deadline (`X-Request-Timeout`), takes the managed road.
+    The answer goes to `deliver` (which sends it to the caller), and a success goes to
+    the inference log with the scoring body it answered, before `deliver` sends a byte.
+    `whole` asks for the answer held in memory, never streamed, for callers that
+    translate it. A deployment with admission control, or a call with a deadline
+    (`X-Request-Timeout`), takes the managed road.
     """
     if not deployment.replicas:
-        await wake(request, deployment)
-    app = request.app
+        await wake_in(app, deployment)
     admissions = app.get(ADMISSIONS)
     admission = admissions.get(deployment.key) if admissions else None
-    raw_timeout = request.headers.get(_REQUEST_TIMEOUT)
-    if admission is not None or raw_timeout is not None:
-        return await _serve_managed(
-            request, deployment, admission, raw_timeout, body, content_type, header_lines,
-            timing, whole,
-        )  # fmt: skip
-    return await _serve(request, deployment, body, content_type, header_lines, timing, whole)
+    if admission is not None or call.raw_timeout is not None:
+        return await _serve_managed(app, deployment, admission, call, timing, deliver, whole)
+    return await _serve(app, deployment, call, timing, deliver, whole)
 
 
 async def _serve_managed(
-    request: web.Request,
+    app: web.Application,
     deployment: Deployment,
     admission: Admission | None,
-    raw_timeout: str | None,
-    body: bytes,
-    content_type: str,
-    header_lines: str,
+    call: Call,
     timing: KeyMetrics | None,
+    deliver: Callable[[UpstreamResponse], Awaitable[T]],
     whole: bool,
-) -> web.StreamResponse:
+) -> T:
     """`_serve` within the call's deadline, after taking an admission slot.
 
-    The deadline covers the wait for a slot and the backend; it is the caller's
-    `X-Request-Timeout`, at most (and by default) GATEWAY_BACKEND_TIMEOUT.
+    The deadline covers the wait for a slot, the backend and the delivery; it is the
+    caller's `X-Request-Timeout`, at most (and by default) GATEWAY_BACKEND_TIMEOUT.
     """
-    deadline = deadline_of(raw_timeout, request.app[SETTINGS].backend_timeout)
+    deadline = deadline_of(call.raw_timeout, app[SETTINGS].backend_timeout)
     if admission is not None:
         await admission.enter(deadline)
     try:
         async with asyncio.timeout_at(deadline) as window:
-            return await _serve(
-                request, deployment, body, content_type, header_lines, timing, whole
-            )
+            return await _serve(app, deployment, call, timing, deliver, whole)
     except TimeoutError:
         if not window.expired():
             raise
@@ -185,23 +218,23 @@ async def _serve_managed(
 
 
 async def _serve(
-    request: web.Request,
+    app: web.Application,
     deployment: Deployment,
-    body: bytes,
-    content_type: str,
-    header_lines: str,
+    call: Call,
     timing: KeyMetrics | None,
+    deliver: Callable[[UpstreamResponse], Awaitable[T]],
     whole: bool,
-) -> web.StreamResponse:
-    app = request.app
+) -> T:
     answer: UpstreamResponse | None = None
     batcher = app[BATCHERS].get(deployment.key)
     if batcher is not None:
-        answer = await batcher.submit(body, content_type, header_lines, request_id(request), timing)
+        answer = await batcher.submit(
+            call.body, call.content_type, call.header_lines, call.request_id, timing
+        )
     if answer is None:
         answer = await call_backend(
-            app[UPSTREAM], deployment, "POST", "/invocations", header_lines, body, timing,
-            whole=whole,
+            app[UPSTREAM], deployment, "POST", "/invocations", call.header_lines, call.body,
+            timing, whole=whole,
         )  # fmt: skip
     log = app[INFERENCE_LOG]
     if log is not None and 200 <= answer.status < 300:
@@ -210,10 +243,10 @@ async def _serve(
         log.submit(
             deployment.record.model_name,
             answer.model_version or deployment.record.version,
-            content_type,
-            body,
+            call.content_type,
+            call.body,
             None if answer.streaming else answer.body,
-            request_id=request_id(request),
+            request_id=call.request_id,
         )
         if log.sync_each_call:  # GATEWAY_LOG_FSYNC=always: the answer waits for the disk
             try:
@@ -222,12 +255,12 @@ async def _serve(
                 if answer.streaming:
                     answer.finish()
                 raise
-    return await relay(request, answer)
+    return await deliver(answer)
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:
     """POST /{key}, /{key}/invocations, /model/{key}: one prediction call."""
-    return await timed(request, request.match_info["key"], partial(_invoke, request))
+    return await timed(request.app, request.match_info["key"], partial(_invoke, request))
 
 
 async def _invoke(request: web.Request, timing: KeyMetrics | None) -> web.StreamResponse:

@@ -41,6 +41,8 @@ class InferenceFirst:
         self._matches: dict[str, UrlMappingMatchInfo] = {}
         self._routes: dict[str, Deployment] | None = None  # the app's table, once started
         self._guarded: Handler = proxy.invoke
+        # Inference needs no credentials: the inference lane may serve those calls.
+        self.open_inference = authenticator is None or not authenticator.enabled
         if authenticator is not None and authenticator.enabled:
             check = authenticator.check
 

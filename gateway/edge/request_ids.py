@@ -37,13 +37,18 @@ def request_id(request: web.Request) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
         incoming = request.headers.get(REQUEST_ID_HEADER)
-        rid = (
-            incoming
-            if incoming and _SANE_ID.fullmatch(incoming)
-            else f"{_PREFIX}{next(_counter):016x}"
-        )
+        rid = (incoming and sane_id(incoming)) or new_request_id()
         request[REQUEST_ID] = rid
     return rid
+
+
+def sane_id(incoming: str) -> str | None:
+    """A caller's request id, if it is one we pass on (else the gateway makes one)."""
+    return incoming if _SANE_ID.fullmatch(incoming) else None
+
+
+def new_request_id() -> str:
+    return f"{_PREFIX}{next(_counter):016x}"
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -63,19 +68,37 @@ class JsonAccessLogger(AbstractAccessLogger):
             key = request.match_info.get("key")  # type: ignore[attr-defined]
         except (AttributeError, AssertionError):
             key = None  # a request the HTTP parser refused never reached routing
-        entry = (
-            time.time(), request.method, request.path, key, response.status,
-            round(time_ * 1000, 3), request.content_length or 0, response.body_length,
-            request.get(REQUEST_ID), request.remote,
+        log_access(
+            request.method, request.path, key, response.status, time_,
+            request.content_length or 0, response.body_length, request.get(REQUEST_ID),
+            request.remote,
         )  # fmt: skip
-        if _handler is not None and access_logger.handlers == [_handler]:
-            _handler.add(entry)
-        else:
-            self.logger.info(format_entry(entry))
 
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+def log_access(
+    method: str,
+    path: str,
+    key: str | None,
+    status: int,
+    seconds: float,
+    bytes_in: int,
+    bytes_out: int,
+    rid: str | None,
+    remote: str | None,
+) -> None:
+    """One access line (aiohttp's requests and the inference lane's calls alike)."""
+    entry = (
+        time.time(), method, path, key, status, round(seconds * 1000, 3), bytes_in, bytes_out,
+        rid, remote,
+    )  # fmt: skip
+    if _handler is not None and access_logger.handlers == [_handler]:
+        _handler.add(entry)
+    else:
+        access_logger.info(format_entry(entry))
 
 
 # What json.dumps writes for a str (ensure_ascii): the line below is json.dumps of the

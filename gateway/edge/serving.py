@@ -27,7 +27,7 @@ import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 from yarl import URL
@@ -35,6 +35,9 @@ from yarl import URL
 from gateway.edge import client_errors
 from gateway.edge.client_errors import LogBudget, suppressed_note
 from gateway.edge.request_ids import JsonAccessLogger, access_logger
+
+if TYPE_CHECKING:  # client commands import this module: they never load the app
+    from gateway.edge.inference_lane import InferenceLane
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ class _Refusal(asyncio.Protocol):
 class CappedSite(web.BaseSite):
     """A TCP site that refuses connections past `max_connections` at once."""
 
-    __slots__ = ("_budget", "_cap", "_host", "_on_refused", "_port")
+    __slots__ = ("_budget", "_cap", "_host", "_lane", "_on_refused", "_port")
 
     def __init__(
         self,
@@ -144,11 +147,13 @@ class CappedSite(web.BaseSite):
         listen: Listen,
         cap: int,
         on_refused: Callable[[], None] | None = None,
+        lane: InferenceLane | None = None,
     ) -> None:
         super().__init__(runner, backlog=listen.backlog)
         self._host, self._port, self._cap = listen.host, listen.port, cap
         self._budget = LogBudget(lines=5, interval=60.0)
         self._on_refused = on_refused
+        self._lane = lane  # serves each connection first, when there is one
 
     @property
     def name(self) -> str:
@@ -159,17 +164,19 @@ class CappedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        lane = self._lane
 
         def protocol() -> asyncio.Protocol:
-            if len(server.connections) < self._cap:
-                return server()
+            open_now = len(server.connections) + (len(lane.connections) if lane else 0)
+            if open_now < self._cap:
+                return lane() if lane is not None else server()
             if self._on_refused is not None:
                 self._on_refused()
             allowed, suppressed = self._budget.take()
             if allowed:
                 logger.warning(
                     "refused a client connection: %d are open (GATEWAY_MAX_CLIENT_CONNECTIONS)%s",
-                    len(server.connections), suppressed_note(suppressed),
+                    open_now, suppressed_note(suppressed),
                 )  # fmt: skip
             return _Refusal(loop)
 
@@ -208,36 +215,44 @@ async def serve(app: web.Application, listen: Listen, cap: int) -> None:
     )
     await runner.setup()
     # Here: client commands never load the app.
-    from gateway.app_keys import METRICS
+    from gateway.app_keys import METRICS, SETTINGS
     from gateway.edge.dispatch import DISPATCH
+    from gateway.edge.inference_lane import InferenceLane, LaneCollector
 
     dispatch = app.get(DISPATCH)
+    lane = None
     if dispatch is not None and runner.server is not None:
         runner.server.request_handler = dispatch  # deployed keys' calls skip the router
+        if dispatch.open_inference and app[SETTINGS].inference_lane:
+            lane = InferenceLane(app, runner.server, lambda: drain.on, listen.keepalive_timeout)
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         metrics = app.get(METRICS)
         refused = metrics.refused_connections.inc if metrics is not None else None
-        site = CappedSite(runner, listen, cap, refused)
+        if metrics is not None and lane is not None:
+            metrics.registry.register(LaneCollector(lane))
+        site = CappedSite(runner, listen, cap, refused, lane)
         await site.start()
         logger.info("======== Running on %s ========", site.name)
         await stop.wait()
         logger.info("stopping: no new connections; answering what has arrived")
         await site.stop()
         drain.on = True
-        await _grace(runner, DRAIN_GRACE)
+        await _grace(runner, lane, DRAIN_GRACE)
+        if lane is not None:  # its calls in flight end before the app's resources close
+            await lane.shutdown(listen.shutdown_timeout)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
 
 
-async def _grace(runner: web.BaseRunner, seconds: float) -> None:
+async def _grace(runner: web.BaseRunner, lane: InferenceLane | None, seconds: float) -> None:
     """Wait until no client connection is left, or `seconds` have passed."""
     server = runner.server
     deadline = asyncio.get_running_loop().time() + seconds
-    while server is not None and server.connections:
+    while (server is not None and server.connections) or (lane is not None and lane.connections):
         if asyncio.get_running_loop().time() >= deadline:
             return
         await asyncio.sleep(0.02)
