@@ -88,15 +88,21 @@ class _Batch:
 
 
 def _records(
-    calls: list[Call], redactor: Redactor | None, max_rows: int
+    calls: list[Call], redactor: Redactor | None, max_rows: int, large: bool = True
 ) -> tuple[list[InferenceRecord], int]:
-    """The records of `calls`, and how many rows the row cap dropped."""
+    """The records of `calls`, and how many rows the row cap dropped.
+
+    `large`: some call may have more than `max_rows` rows (see `may_need_cap`); when
+    none may, the row cap is skipped, one call less per record.
+    """
     records, truncated = [], 0
     for rid, ts, model, version, content_type, inputs, answer, request_id, arm, _, _ in calls:
         text = inputs.decode("utf-8", "replace")
         predictions = answer.decode("utf-8", "replace") if answer is not None else None
-        text, predictions, dropped = cap_call(content_type, text, predictions, max_rows)
-        truncated += dropped
+        dropped = 0
+        if large:
+            text, predictions, dropped = cap_call(content_type, text, predictions, max_rows)
+            truncated += dropped
         kept: str | None = text
         if redactor is not None:
             kept = redactor.apply(content_type, text.encode() if dropped else inputs)
@@ -344,14 +350,14 @@ class InferenceLogger:
                 calls.append(item)
             if not calls:
                 return None
-            large = any(
-                may_need_cap(max(len(c[5]), len(c[6] or b"")), self.max_rows) for c in calls
+            large = may_need_cap(
+                max(max(len(c[5]), len(c[6] or b"")) for c in calls), self.max_rows
             )
             if self.redactor is None and not large:
-                records, truncated = _records(calls, None, self.max_rows)
+                records, truncated = _records(calls, None, self.max_rows, large=False)
             else:
                 records, truncated = await asyncio.to_thread(
-                    _records, calls, self.redactor, self.max_rows
+                    _records, calls, self.redactor, self.max_rows, large
                 )
         except BaseException:
             # Cancelled while reading or redacting: nothing taken may be lost.

