@@ -266,7 +266,8 @@ class LaneConnection(asyncio.Protocol):
         self._handed: bytearray | None = None  # raw bytes for aiohttp, once the lane is idle
         self._handler: RequestHandler | None = None
         self._body_timer: asyncio.TimerHandle | None = None
-        self._closing = False
+        self._closing = False  # close after the answer being written
+        self._eof = False  # the client sends nothing more
         self._writable: asyncio.Future[None] | None = None
 
     # -------------------------------------------------------------- transport events
@@ -297,10 +298,11 @@ class LaneConnection(asyncio.Protocol):
             self._writable.set_result(None)
 
     def eof_received(self) -> bool:
-        # Half-closed: answer what is being served, then close (True keeps it open).
-        self._closing = True
+        # Half-closed: what has arrived is answered, then the connection closes (True
+        # keeps the transport open for the answers).
+        self._eof = True
         self.idle_since = None
-        return self.busy
+        return self.busy or self._handed is not None
 
     def data_received(self, data: bytes) -> None:
         handed = self._handed
@@ -579,6 +581,8 @@ class LaneConnection(asyncio.Protocol):
             self._begin(self._queue.popleft())
         elif self._handed is not None:
             self._give_to_aiohttp()
+        elif self._eof:
+            self.transport.close()
         else:
             self.idle_since = self.lane._loop.time()
 

@@ -197,6 +197,18 @@ def test_pipelined_lane_calls_are_answered_in_order(
     assert lane_counts(lane_gw)[0] == calls + 40
 
 
+def test_a_client_that_half_closes_gets_every_answer(
+    lane_gw: Gateway, client: Callable[[], Client]
+) -> None:
+    c = client()
+    c.send(b"".join(post(extra=f"X-Request-ID: eof-{i}\r\n") for i in range(3)))
+    c.sock.shutdown(socket.SHUT_WR)  # as `nc -N` does: nothing more will be sent
+    for i in range(3):
+        answer = c.answer()
+        assert answer[1]["x-request-id"] == f"eof-{i}" and predictions(answer)
+    assert c.closed()
+
+
 def test_what_the_lane_leaves_to_aiohttp_is_answered_as_before(
     lane_gw: Gateway, client: Callable[[], Client]
 ) -> None:
