@@ -32,11 +32,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
+from functools import partial
 from typing import cast
 
 import httptools
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -69,7 +71,10 @@ _LENGTH = b"content-length"
 # Headers that send a request to aiohttp (it decodes bodies, answers 100-continue).
 _NOT_FOR_THE_LANE = frozenset((b"expect", b"content-encoding", b"transfer-encoding"))
 _READ = frozenset((_CONTENT_TYPE, _ACCEPT, _FORWARDED_FOR, _REQUEST_ID, _TIMEOUT, _LENGTH))
-_WATCHED = _READ | _NOT_FOR_THE_LANE
+# Headers aiohttp refuses to see twice (400): a request with one twice is aiohttp's.
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+_WATCHED = _READ | _NOT_FOR_THE_LANE | _SINGLETONS
+_HTTP10, _HTTP11 = "HTTP/1.0 ", "HTTP/1.1 "
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n"
 # Calls read ahead of the one in flight (pipelined) before the lane stops reading.
 _MAX_QUEUED = 16
@@ -77,6 +82,33 @@ _MAX_QUEUED = 16
 
 class _HandOff(Exception):
     """Raised in a parser callback: this request is aiohttp's."""
+
+
+class _Call:
+    """One call the lane read: what serving it needs, and how its answer is framed."""
+
+    __slots__ = ("body", "headers", "http10", "keep_alive", "key", "rid", "url")
+
+    def __init__(
+        self,
+        key: str,
+        url: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        keep_alive: bool,
+        http10: bool,
+    ) -> None:
+        self.key = key
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.rid = ""
+
+    @property
+    def path(self) -> str:
+        return self.url.decode("latin-1")
 
 
 class _Sent:
@@ -196,7 +228,7 @@ class InferenceLane:
         deadline = self._loop.time() + timeout
         while self.connections:
             for conn in list(self.connections):
-                if not conn.busy:
+                if not conn.busy and not conn.receiving:
                     conn.close()
             if not self.connections or self._loop.time() >= deadline:
                 break
@@ -258,11 +290,12 @@ class LaneConnection(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._key = ""
-        self._length = 0
+        self._length = 0  # body bytes received
+        self._end = 0  # where the request being received ends in _buf
         self._foreign = False  # a header the lane leaves to aiohttp
         self._head_at = 0.0
         self._in_body = False
-        self._queue: deque[tuple[str, bytes, dict[bytes, bytes], bytes, bool]] = deque()
+        self._queue: deque[_Call] = deque()
         self._handed: bytearray | None = None  # raw bytes for aiohttp, once the lane is idle
         self._handler: RequestHandler | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -324,15 +357,22 @@ class LaneConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._hand_off()  # malformed: aiohttp answers it as it always has
             return
-        if self._start == len(buf):
-            buf.clear()
+        if self._in_body:
+            # The raw bytes of a call being received are never needed again (it is the
+            # lane's): keep none of them, only where the next request starts.
+            drop = min(len(buf), self._end)
+            del buf[:drop]
+            self._end -= drop
             self._start = 0
-        elif self._in_body:
-            if self._body_timer is None:
+            if self._body_timer is None and not self.busy:
                 self._body_timer = self.lane._loop.call_later(
                     self.lane.body_timeout, self._body_timed_out
                 )
-        elif len(buf) - self._start > self.lane.max_head:
+            return
+        if self._start:
+            del buf[: self._start]  # what is left is the start of the next request
+            self._start = 0
+        if len(buf) > self.lane.max_head:
             self._hand_off()  # a head this long: aiohttp refuses it with its own 400
 
     # -------------------------------------------------------------- parser callbacks
@@ -354,23 +394,33 @@ class LaneConnection(asyncio.Protocol):
                 self._foreign = True
             elif name not in self._headers:
                 self._headers[name] = value
+            elif name in _SINGLETONS:
+                self._foreign = True  # twice: aiohttp refuses the message (400)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         assert parser is not None
         lane = self.lane
-        headers = self._headers
         key = None
-        length = headers.get(_LENGTH)
+        declared = self._headers.get(_LENGTH)
+        length = 0 if declared is None else int(declared)  # llhttp checked its digits
         if (
             parser.get_method() == b"POST"
             and not self._foreign
             and not parser.should_upgrade()
-            and (length is None or int(length) <= lane.max_body)
+            and length <= lane.max_body
         ):
             key = lane.key_for(self._url)
         if key is None:
             raise _HandOff
+        # Where this request ends in _buf, which holds its whole head by now: after the
+        # first empty line (llhttp refuses bare LFs; empty lines before a request line
+        # are skipped) and the Content-Length body. The next request starts there.
+        buf = self._buf
+        start = self._start
+        while start < len(buf) and buf[start] in b"\r\n":
+            start += 1
+        self._end = buf.find(b"\r\n\r\n", start) + 4 + length
         self._key = key
         self._in_body = True
         self.idle_since = None
@@ -379,26 +429,20 @@ class LaneConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
         self._length += len(body)
-        if self._length > self.lane.max_body:
-            raise _HandOff  # aiohttp answers 413 (its client_max_size)
 
     def on_message_complete(self) -> None:
         parser = self._parser
         assert parser is not None
-        buf = self._buf
-        # Where this request ends in _buf: after its head (the first empty line; llhttp
-        # refuses bare LFs) and its Content-Length body. The next one starts there.
-        start = self._start
-        while start < len(buf) and buf[start] in b"\r\n":
-            start += 1
-        self._start = buf.find(b"\r\n\r\n", start) + 4 + self._length
+        self._start = self._end
         self._in_body = False
-        self._length = 0
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        call = (self._key, self._url, self._headers, body, parser.should_keep_alive())
+        call = _Call(
+            self._key, self._url, self._headers, body, parser.should_keep_alive(),
+            parser.get_http_version() == "1.0",
+        )  # fmt: skip
         if self.busy:
             self._queue.append(call)
             if len(self._queue) >= _MAX_QUEUED and self.transport is not None:
@@ -408,59 +452,46 @@ class LaneConnection(asyncio.Protocol):
 
     # -------------------------------------------------------------- serving calls
 
-    def _begin(self, call: tuple[str, bytes, dict[bytes, bytes], bytes, bool]) -> None:
+    def _begin(self, call: _Call) -> None:
         self.busy = True
         self.lane.calls += 1
-        self.lane._loop.create_task(self._serve(*call))
+        self.lane._loop.create_task(self._serve(call))
 
-    async def _serve(
-        self, key: str, url: bytes, headers: dict[bytes, bytes], body: bytes, keep_alive: bool
-    ) -> None:
+    async def _serve(self, call: _Call) -> None:
         lane = self.lane
         started = lane._loop.time()
-        incoming = headers.get(_REQUEST_ID)
-        rid = None
-        if incoming is not None:
-            rid = sane_id(incoming.decode("latin-1"))
-        if rid is None:
-            rid = new_request_id()
-        keep_alive = keep_alive and not self._closing
-        path = url.decode("latin-1")
+        incoming = call.headers.get(_REQUEST_ID)
+        rid = None if incoming is None else sane_id(incoming.decode("latin-1"))
+        call.rid = rid if rid is not None else new_request_id()
+        call.keep_alive = call.keep_alive and not self._closing
         try:
             try:
-                sent = await proxy.timed(
-                    lane.app,
-                    key,
-                    lambda timing: self._invoke(key, headers, body, rid, timing, keep_alive),
-                )
+                sent = await proxy.timed(lane.app, call.key, partial(self._invoke, call))
             except Exception as exc:
                 transport = self.transport
                 gone = transport is None or transport.is_closing()
-                answer = answer_for(exc, "POST", path, gone)
-                again = keep_alive and answer.keep_alive is not False
-                sent = self._send_response(answer, rid, again)
+                answer = answer_for(exc, "POST", call.path, gone)
+                if answer.keep_alive is False:
+                    call.keep_alive = False
+                sent = self._send_response(call, answer)
             if access_logger.isEnabledFor(logging.INFO):
                 log_access(
-                    "POST", path, key, sent.status, lane._loop.time() - started, len(body),
-                    sent.body_length, rid, self.remote,
+                    "POST", call.path, call.key, sent.status, lane._loop.time() - started,
+                    len(call.body), sent.body_length, call.rid, self.remote,
                 )  # fmt: skip
+            writable = self._writable
+            if writable is not None and not writable.done():
+                await writable  # the client reads slower than we answer: no read-ahead
         finally:
             self._next()
 
-    async def _invoke(
-        self,
-        key: str,
-        headers: dict[bytes, bytes],
-        body: bytes,
-        rid: str,
-        timing: KeyMetrics | None,
-        keep_alive: bool,
-    ) -> _Sent:
-        deployment = self.lane.routes.get(key)
+    async def _invoke(self, call: _Call, timing: KeyMetrics | None) -> _Sent:
+        deployment = self.lane.routes.get(call.key)
         if deployment is None:  # undeployed since the head came
             raise DeploymentNotFound(
-                f"no deployment named {key!r}; deploy it with POST /deploy/<model>/<version>"
+                f"no deployment named {call.key!r}; deploy it with POST /deploy/<model>/<version>"
             )
+        headers = call.headers
         content_type = headers.get(_CONTENT_TYPE)
         accept = headers.get(_ACCEPT)
         previous = headers.get(_FORWARDED_FOR)
@@ -470,43 +501,41 @@ class LaneConnection(asyncio.Protocol):
         if accept is not None:
             lines += f"Accept: {accept.decode('latin-1')}\r\n"
         forwarded = f"{previous.decode('latin-1')}, {self.remote}" if previous else self.remote
-        lines += f"X-Request-ID: {rid}\r\nX-Forwarded-For: {forwarded}\r\n"
+        lines += f"X-Request-ID: {call.rid}\r\nX-Forwarded-For: {forwarded}\r\n"
         timeout = headers.get(_TIMEOUT)
-        call = proxy.Call(
-            body,
+        scoring = proxy.Call(
+            call.body,
             "application/json" if content_type is None else content_type.decode("latin-1"),
             lines,
-            rid,
+            call.rid,
             None if timeout is None else timeout.decode("latin-1"),
         )
         return await proxy.serve_call(
-            self.lane.app, deployment, call, timing,
-            lambda answer: self._deliver(answer, rid, keep_alive),
-        )  # fmt: skip
+            self.lane.app, deployment, scoring, timing, partial(self._deliver, call)
+        )
 
-    async def _deliver(self, answer: UpstreamResponse, rid: str, keep_alive: bool) -> _Sent:
+    async def _deliver(self, call: _Call, answer: UpstreamResponse) -> _Sent:
         """Send a backend's answer: errors in our JSON shape, the rest as it came."""
         if answer.streaming:
-            return await self._stream(answer, rid, keep_alive)
+            return await self._stream(call, answer)
         if answer.status >= 400:
             response = backend_error_response(
                 answer.status, answer.headers, answer.body, self.lane.keep_trace
             )
             if answer.model_version is not None:
                 response.headers[proxy.MODEL_VERSION_HEADER] = answer.model_version
-            return self._send_response(response, rid, keep_alive)
+            return self._send_response(call, response)
         body = answer.body
-        head = self._head(answer.status, answer.headers, answer.model_version, rid, keep_alive)
+        head = self._head(call, answer.status, answer.headers, answer.model_version)
         head += f"Content-Length: {len(body)}\r\n\r\n"
-        self._write(head.encode(), body, keep_alive)
+        self._write(head.encode(), body, call.keep_alive)
         return _Sent(answer.status, len(body))
 
-    async def _stream(self, answer: UpstreamResponse, rid: str, keep_alive: bool) -> _Sent:
+    async def _stream(self, call: _Call, answer: UpstreamResponse) -> _Sent:
         """A large answer, relayed chunk by chunk (chunked; close-delimited to HTTP/1.0)."""
-        parser = self._parser
-        chunked = parser is None or parser.get_http_version() != "1.0"
-        keep_alive = keep_alive and chunked
-        head = self._head(answer.status, answer.headers, answer.model_version, rid, keep_alive)
+        chunked = not call.http10
+        call.keep_alive = call.keep_alive and chunked
+        head = self._head(call, answer.status, answer.headers, answer.model_version)
         head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else "\r\n"
         sent = 0
         try:
@@ -519,32 +548,31 @@ class LaneConnection(asyncio.Protocol):
                     self._write(b"%x\r\n" % len(chunk), chunk + b"\r\n", True)
                 else:
                     self._write(b"", chunk, True)
-                if self._writable is not None:
-                    await self._writable
-            self._write(b"0\r\n\r\n" if chunked else b"", b"", keep_alive)
+                writable = self._writable
+                if writable is not None and not writable.done():
+                    await writable
+            self._write(b"0\r\n\r\n" if chunked else b"", b"", call.keep_alive)
         finally:
             answer.finish()
         return _Sent(answer.status, sent)
 
     def _head(
-        self,
-        status: int,
-        headers: list[tuple[str, str]],
-        version: str | None,
-        rid: str,
-        keep_alive: bool,
+        self, call: _Call, status: int, headers: list[tuple[str, str]], version: str | None
     ) -> str:
-        head = f"HTTP/1.1 {status} {_reason(status)}\r\n"
+        """The answer's head up to its framing header (Content-Length or chunked)."""
+        head = f"{_HTTP10 if call.http10 else _HTTP11}{status} {_reason(status)}\r\n"
         for name, value in headers:
             head += f"{name}: {value}\r\n"
         if version is not None:
             head += f"{proxy.MODEL_VERSION_HEADER}: {version}\r\n"
-        head += f"{REQUEST_ID_HEADER}: {rid}\r\n{self.lane.date.line(time.time())}{_SERVER}"
-        if not keep_alive or self.lane.draining():
+        head += f"{REQUEST_ID_HEADER}: {call.rid}\r\n{self.lane.date.line(time.time())}{_SERVER}"
+        if not call.keep_alive or self.lane.draining():
             head += "Connection: close\r\n"
+        elif call.http10:
+            head += "Connection: keep-alive\r\n"  # HTTP/1.0 closes unless told otherwise
         return head
 
-    def _send_response(self, response: web.Response, rid: str, keep_alive: bool) -> _Sent:
+    def _send_response(self, call: _Call, response: web.Response) -> _Sent:
         """Send one of our own (error) responses."""
         body = response.body if isinstance(response.body, bytes) else b""
         pairs = [
@@ -552,9 +580,9 @@ class LaneConnection(asyncio.Protocol):
             for name, value in response.headers.items()
             if name.lower() not in ("content-length", "connection", "transfer-encoding")
         ]
-        head = self._head(response.status, pairs, None, rid, keep_alive)
+        head = self._head(call, response.status, pairs, None)
         head += f"Content-Length: {len(body)}\r\n\r\n"
-        self._write(head.encode(), body, keep_alive)
+        self._write(head.encode(), body, call.keep_alive)
         return _Sent(response.status, len(body))
 
     def _write(self, head: bytes, body: bytes, keep_alive: bool) -> None:
@@ -571,41 +599,46 @@ class LaneConnection(asyncio.Protocol):
     def _next(self) -> None:
         """After an answer: the next pipelined call, aiohttp's turn, a close, or idle."""
         self.busy = False
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return
         if self._closing:
-            self.transport.close()
+            transport.close()
         elif self._queue:
             if len(self._queue) == _MAX_QUEUED:
-                self.transport.resume_reading()
+                transport.resume_reading()
             self._begin(self._queue.popleft())
         elif self._handed is not None:
             self._give_to_aiohttp()
+        elif self._in_body:  # the next call's body is still coming: its time starts now
+            if self._body_timer is None:
+                self._body_timer = self.lane._loop.call_later(
+                    self.lane.body_timeout, self._body_timed_out
+                )
         elif self._eof:
-            self.transport.close()
+            transport.close()
         else:
             self.idle_since = self.lane._loop.time()
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
-        if self.transport is None or not self._in_body:
+        transport = self.transport
+        if transport is None or not self._in_body or self.busy:
             return
         self._parser = None  # nothing more is read on this connection
         self._in_body = False
-        if self.busy:
-            self._closing = True  # the answer in flight goes first; then the close
-            return
+        call = _Call(self._key, self._url, self._headers, b"", False, False)
+        call.rid = new_request_id()
         exc = RequestTimeout("the request body did not arrive in time")
-        path = self._url.decode("latin-1")
-        rid = new_request_id()
-        sent = self._send_response(answer_for(exc, "POST", path, False), rid, False)
+        sent = self._send_response(call, answer_for(exc, "POST", call.path, False))
         waited = self.lane._loop.time() - self._head_at
         timing = proxy.key_timing(self.lane.app, self._key)
         if timing is not None:
             timing.done(sent.status, waited)
-        log_access("POST", path, self._key, sent.status, waited, self._length, sent.body_length,
-                   rid, self.remote)  # fmt: skip
-        self.transport.close()
+        if access_logger.isEnabledFor(logging.INFO):
+            log_access("POST", call.path, self._key, sent.status, waited, self._length,
+                       sent.body_length, call.rid, self.remote)  # fmt: skip
+        transport.close()
 
     # -------------------------------------------------------------- aiohttp's turn
 
@@ -634,6 +667,11 @@ class LaneConnection(asyncio.Protocol):
         handler.connection_made(transport)
         if raw:
             handler.data_received(bytes(raw))
+
+    @property
+    def receiving(self) -> bool:
+        """A call's body is arriving (at shutdown it is still answered)."""
+        return self._in_body
 
     def close(self) -> None:
         if self.transport is not None:
