@@ -275,7 +275,7 @@ class Settings(BaseSettings):
     inference_lane: bool = Field(True, validation_alias=_env("GATEWAY_INFERENCE_LANE"))
     """Serve inference calls to deployed keys on the gateway's own HTTP lane (httptools)
     rather than through aiohttp's request objects: the same answers for less CPU per call.
-    Off: every request goes through aiohttp. Access control on: always off."""
+    Off: every request goes through aiohttp."""
 
     log_level: str = Field("INFO", validation_alias=_env("GATEWAY_LOG_LEVEL"))
     """Python logging level of the gateway."""

@@ -135,10 +135,16 @@ class Authenticator:
     async def check(self, request: web.Request, scope: Scope) -> None:
         if not self._protected(scope):
             return
-        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        await self.check_header(request.headers.get(hdrs.AUTHORIZATION, ""), request.remote, scope)
+
+    async def check_header(self, header: str, remote: str | None, scope: Scope) -> None:
+        """`check` for what a request carries: its Authorization header and its address
+        (the inference lane has no aiohttp request)."""
+        if not self._protected(scope):
+            return
         kind, _, value = header.partition(" ")
         kind = kind.lower()
-        address = request.remote or ""
+        address = remote or ""
         if kind == "bearer" and value:
             token = value.strip().encode()
             if self._admin and hmac.compare_digest(token, self._admin):

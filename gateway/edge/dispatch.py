@@ -41,8 +41,10 @@ class InferenceFirst:
         self._matches: dict[str, UrlMappingMatchInfo] = {}
         self._routes: dict[str, Deployment] | None = None  # the app's table, once started
         self._guarded: Handler = proxy.invoke
-        # Inference needs no credentials: the inference lane may serve those calls.
-        self.open_inference = authenticator is None or not authenticator.enabled
+        # What the inference lane checks too (None: access control is off).
+        self.authenticator = (
+            authenticator if authenticator is not None and authenticator.enabled else None
+        )
         if authenticator is not None and authenticator.enabled:
             check = authenticator.check
 

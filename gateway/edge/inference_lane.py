@@ -8,11 +8,12 @@ calls it can serve exactly as the app would:
 
     a POST to a path the app's router resolves to `proxy.invoke` for a deployed key,
     with a Content-Length body within GATEWAY_MAX_BODY_MB, no `Expect`, no
-    `Content-Encoding`, no chunked body, no upgrade, and access control off.
+    `Content-Encoding`, no chunked body, no upgrade.
 
-Such a call takes the same road as through aiohttp (`proxy.serve_call`: wake,
-admission, deadline, batching, backend, inference log), the same per-key metrics, the
-same JSON errors (`errors.answer_for`), request id and access-log line. Anything else
+Such a call passes the same access check as through aiohttp (the inference class's:
+`Authenticator.check_header`), then takes the same road (`proxy.serve_call`: wake,
+admission, deadline, batching, backend, inference log), with the same per-key metrics,
+JSON errors (`errors.answer_for`), request id and access-log line. Anything else
 -- a management call, a malformed or oversized request, a body to decode -- and the
 connection is handed to aiohttp's own protocol for good, with the raw bytes from the
 first request the lane does not serve: aiohttp parses and answers it as if it had had
@@ -48,6 +49,7 @@ from gateway.app_keys import ROUTES, SETTINGS
 from gateway.dataplane import proxy
 from gateway.dataplane.backend_errors import backend_error_response
 from gateway.dataplane.upstream import UpstreamResponse
+from gateway.edge.auth import Authenticator, Scope
 from gateway.edge.request_ids import (
     REQUEST_ID_HEADER,
     access_logger,
@@ -68,9 +70,12 @@ _FORWARDED_FOR = b"x-forwarded-for"
 _REQUEST_ID = b"x-request-id"
 _TIMEOUT = proxy.REQUEST_TIMEOUT_HEADER.lower().encode()
 _LENGTH = b"content-length"
+_AUTHORIZATION = b"authorization"
 # Headers that send a request to aiohttp (it decodes bodies, answers 100-continue).
 _NOT_FOR_THE_LANE = frozenset((b"expect", b"content-encoding", b"transfer-encoding"))
-_READ = frozenset((_CONTENT_TYPE, _ACCEPT, _FORWARDED_FOR, _REQUEST_ID, _TIMEOUT, _LENGTH))
+_READ = frozenset(
+    (_CONTENT_TYPE, _ACCEPT, _FORWARDED_FOR, _REQUEST_ID, _TIMEOUT, _LENGTH, _AUTHORIZATION)
+)
 # Headers aiohttp refuses to see twice (400): a request with one twice is aiohttp's.
 _SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 _WATCHED = _READ | _NOT_FOR_THE_LANE | _SINGLETONS
@@ -156,9 +161,11 @@ class InferenceLane:
         server: web.Server,
         draining: Callable[[], bool],
         keepalive_timeout: float,
+        authenticator: Authenticator | None = None,
     ) -> None:
         settings = app[SETTINGS]
         self.app = app
+        self.authenticator = authenticator  # None: access control is off
         self.server = server
         self.draining = draining
         self.keepalive_timeout = keepalive_timeout
@@ -466,6 +473,11 @@ class LaneConnection(asyncio.Protocol):
         call.keep_alive = call.keep_alive and not self._closing
         try:
             try:
+                if lane.authenticator is not None:  # outside the call's metrics, as in aiohttp
+                    raw = call.headers.get(_AUTHORIZATION)
+                    await lane.authenticator.check_header(
+                        "" if raw is None else raw.decode("latin-1"), self.remote, Scope.INFERENCE
+                    )
                 sent = await proxy.timed(lane.app, call.key, partial(self._invoke, call))
             except Exception as exc:
                 transport = self.transport

@@ -223,8 +223,11 @@ async def serve(app: web.Application, listen: Listen, cap: int) -> None:
     lane = None
     if dispatch is not None and runner.server is not None:
         runner.server.request_handler = dispatch  # deployed keys' calls skip the router
-        if dispatch.open_inference and app[SETTINGS].inference_lane:
-            lane = InferenceLane(app, runner.server, lambda: drain.on, listen.keepalive_timeout)
+        if app[SETTINGS].inference_lane:
+            lane = InferenceLane(
+                app, runner.server, lambda: drain.on, listen.keepalive_timeout,
+                dispatch.authenticator,
+            )  # fmt: skip
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
