@@ -182,7 +182,8 @@ class InferenceLane:
         self._routes: dict[str, Deployment] | None = None
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._sweep_every = max(0.2, min(keepalive_timeout / 4, 5.0))
+        # Idle connections close within half a second of the timeout, as aiohttp's timers do.
+        self._sweep_every = max(0.05, min(keepalive_timeout / 8, 0.5))
         self._closed = False
 
     def __call__(self) -> LaneConnection:
