@@ -37,22 +37,30 @@ FORWARDED_REQUEST_HEADERS = (hdrs.CONTENT_TYPE, hdrs.ACCEPT)
 
 
 def request_header_lines(request: web.Request) -> str:
-    """The header lines a caller's request carries to the backend.
-
-    End-to-end headers the backend needs, the request id, and X-Forwarded-For
-    extended with the caller's address.
-    """
+    """The header lines an aiohttp request carries to the backend (`header_lines`)."""
     incoming = request.headers
+    return header_lines(
+        incoming.get(hdrs.CONTENT_TYPE), incoming.get(hdrs.ACCEPT),
+        incoming.get(hdrs.X_FORWARDED_FOR), request.remote or "", request_id(request),
+    )  # fmt: skip
+
+
+def header_lines(
+    content_type: str | None, accept: str | None, forwarded_for: str | None, remote: str, rid: str
+) -> str:
+    """The header lines a caller's call carries to the backend.
+
+    End-to-end headers the backend needs (FORWARDED_REQUEST_HEADERS), the request id,
+    and X-Forwarded-For extended with the caller's address.
+    """
     lines = ""
-    for name in FORWARDED_REQUEST_HEADERS:
-        value = incoming.get(name)
-        if value is not None:
-            lines += f"{name}: {value}\r\n"
-    remote = request.remote or ""
-    previous = incoming.get(hdrs.X_FORWARDED_FOR)
+    if content_type is not None:
+        lines = f"{hdrs.CONTENT_TYPE}: {content_type}\r\n"
+    if accept is not None:
+        lines += f"{hdrs.ACCEPT}: {accept}\r\n"
     return (
-        f"{lines}X-Request-ID: {request_id(request)}\r\n"
-        f"X-Forwarded-For: {previous + ', ' + remote if previous else remote}\r\n"
+        f"{lines}X-Request-ID: {rid}\r\n"
+        f"X-Forwarded-For: {forwarded_for + ', ' + remote if forwarded_for else remote}\r\n"
     )
 
 

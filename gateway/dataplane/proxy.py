@@ -46,8 +46,12 @@ _REQUEST_TIMEOUT = istr(REQUEST_TIMEOUT_HEADER)  # case-folded once, not per cal
 
 def lookup(request: web.Request) -> Deployment:
     """The deployment named by the URL's key (an exact match), or a 404."""
-    key = request.match_info["key"]
-    deployment = request.app[ROUTES].get(key)
+    return deployment_of(request.app[ROUTES], request.match_info["key"])
+
+
+def deployment_of(routes: dict[str, Deployment], key: str) -> Deployment:
+    """The deployment named `key` (an exact match), or a 404."""
+    deployment = routes.get(key)
     if deployment is None:
         raise DeploymentNotFound(
             f"no deployment named {key!r}; deploy it with POST /deploy/<model>/<version>"

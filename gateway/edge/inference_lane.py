@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from functools import partial
+from http import HTTPStatus
 from typing import cast
 
 import httptools
@@ -47,6 +48,7 @@ from yarl import URL
 
 from gateway.app_keys import ROUTES, SETTINGS
 from gateway.dataplane import proxy
+from gateway.dataplane.backend_call import header_lines
 from gateway.dataplane.backend_errors import backend_error_response
 from gateway.dataplane.upstream import UpstreamResponse
 from gateway.edge.auth import Authenticator, Scope
@@ -58,7 +60,7 @@ from gateway.edge.request_ids import (
     sane_id,
 )
 from gateway.edge.telemetry import KeyMetrics
-from gateway.errors import DeploymentNotFound, RequestTimeout, answer_for
+from gateway.errors import RequestTimeout, answer_for
 from supervisor.deployment import Deployment
 
 logger = logging.getLogger(__name__)
@@ -372,10 +374,8 @@ class LaneConnection(asyncio.Protocol):
             del buf[:drop]
             self._end -= drop
             self._start = 0
-            if self._body_timer is None and not self.busy:
-                self._body_timer = self.lane._loop.call_later(
-                    self.lane.body_timeout, self._body_timed_out
-                )
+            if not self.busy:
+                self._time_the_body()
             return
         if self._start:
             del buf[: self._start]  # what is left is the start of the next request
@@ -499,29 +499,19 @@ class LaneConnection(asyncio.Protocol):
             self._next()
 
     async def _invoke(self, call: _Call, timing: KeyMetrics | None) -> _Sent:
-        deployment = self.lane.routes.get(call.key)
-        if deployment is None:  # undeployed since the head came
-            raise DeploymentNotFound(
-                f"no deployment named {call.key!r}; deploy it with POST /deploy/<model>/<version>"
-            )
+        deployment = proxy.deployment_of(self.lane.routes, call.key)  # undeployed since?
         headers = call.headers
-        content_type = headers.get(_CONTENT_TYPE)
-        accept = headers.get(_ACCEPT)
-        previous = headers.get(_FORWARDED_FOR)
-        lines = ""
-        if content_type is not None:
-            lines = f"Content-Type: {content_type.decode('latin-1')}\r\n"
-        if accept is not None:
-            lines += f"Accept: {accept.decode('latin-1')}\r\n"
-        forwarded = f"{previous.decode('latin-1')}, {self.remote}" if previous else self.remote
-        lines += f"X-Request-ID: {call.rid}\r\nX-Forwarded-For: {forwarded}\r\n"
-        timeout = headers.get(_TIMEOUT)
+        content_type = _text(headers.get(_CONTENT_TYPE))
+        lines = header_lines(
+            content_type, _text(headers.get(_ACCEPT)), _text(headers.get(_FORWARDED_FOR)),
+            self.remote, call.rid,
+        )  # fmt: skip
         scoring = proxy.Call(
             call.body,
-            "application/json" if content_type is None else content_type.decode("latin-1"),
+            "application/json" if content_type is None else content_type,
             lines,
             call.rid,
-            None if timeout is None else timeout.decode("latin-1"),
+            _text(headers.get(_TIMEOUT)),
         )
         return await proxy.serve_call(
             self.lane.app, deployment, scoring, timing, partial(self._deliver, call)
@@ -624,14 +614,18 @@ class LaneConnection(asyncio.Protocol):
         elif self._handed is not None:
             self._give_to_aiohttp()
         elif self._in_body:  # the next call's body is still coming: its time starts now
-            if self._body_timer is None:
-                self._body_timer = self.lane._loop.call_later(
-                    self.lane.body_timeout, self._body_timed_out
-                )
+            self._time_the_body()
         elif self._eof:
             transport.close()
         else:
             self.idle_since = self.lane._loop.time()
+
+    def _time_the_body(self) -> None:
+        """The body of the call being received has GATEWAY_BODY_TIMEOUT from now."""
+        if self._body_timer is None:
+            self._body_timer = self.lane._loop.call_later(
+                self.lane.body_timeout, self._body_timed_out
+            )
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
@@ -696,10 +690,12 @@ class LaneConnection(asyncio.Protocol):
 
 
 def _reason(status: int) -> str:
-    try:
-        return _REASONS[status]
-    except KeyError:
-        return "Unknown"
+    return _REASONS.get(status, "Unknown")
 
 
-_REASONS = {int(s): s.phrase for s in __import__("http").HTTPStatus}
+def _text(value: bytes | None) -> str | None:
+    """A header value as text, byte for byte (latin-1), or None."""
+    return None if value is None else value.decode("latin-1")
+
+
+_REASONS = {int(s): s.phrase for s in HTTPStatus}

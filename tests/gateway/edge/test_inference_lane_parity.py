@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,21 +18,20 @@ import pytest
 
 from gateway.edge.inference_lane import InferenceLane, LaneConnection
 from tests.conftest import RegistryInfo
-from tests.gateway.edge.test_inference_lane import Client, post
+from tests.gateway.edge.test_inference_lane import FAKE_BACKEND, Client, post
 from tests.gateway.edge.test_operations import scrape, value
-from tests.support import REPO, Gateway, wait_until
+from tests.support import Gateway, wait_until
 
 KEY = "wine-quality-1"
 BODY_S = 1
 
 
 def _gateway(registry: RegistryInfo, where: Path, lane: str) -> Gateway:
-    fake = [sys.executable, str(REPO / "tests" / "fake_backend.py"), "{port}"]
     return Gateway(
         where / "data",
         registry.tracking_uri,
         extra_env={
-            "GATEWAY_BACKEND_COMMAND": json.dumps(fake),
+            "GATEWAY_BACKEND_COMMAND": FAKE_BACKEND,
             "GATEWAY_INFERENCE_LANE": lane,
             "GATEWAY_BODY_TIMEOUT": str(BODY_S),
             "GATEWAY_LOG_SAMPLE": "0",  # no inference log: memory is the connections'
