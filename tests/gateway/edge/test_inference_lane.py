@@ -11,6 +11,7 @@ malformed message) is answered as before, and its connections are closed when id
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import json
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import bcrypt
 import pytest
 
 from tests.conftest import RegistryInfo
@@ -314,6 +316,74 @@ def echo_gw(registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory) ->
     )
     with serving(gw):
         yield gw
+
+
+ADMIN, INFER, USER, PASSWORD = "lane-admin-token", "lane-infer-token", "dora", "a passphrase"
+
+
+@pytest.fixture(scope="module")
+def secured_gw(
+    registry: RegistryInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """Access control on (tokens and an htpasswd user), fake backends, KEY deployed."""
+    root = tmp_path_factory.mktemp("lane-auth")
+    htpasswd = root / "htpasswd"
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"{USER}:{hashed}\n")
+    gw = Gateway(
+        root / "data",
+        registry.tracking_uri,
+        extra_env={
+            "GATEWAY_BACKEND_COMMAND": FAKE_BACKEND,
+            "GATEWAY_ADMIN_TOKEN": ADMIN,
+            "GATEWAY_INFERENCE_TOKEN": INFER,
+            "GATEWAY_HTPASSWD": str(htpasswd),
+        },
+    )
+    with serving(gw, _bearer(ADMIN)):
+        yield gw
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("credentials", "status"),
+    [
+        ("", 401),
+        ("Bearer wrong", 401),
+        (f"Bearer {INFER}", 200),
+        (f"Bearer {ADMIN}", 200),
+        ("Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(), 200),
+        ("Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(), 401),
+    ],
+)
+def test_the_lane_checks_credentials_as_aiohttp_does(
+    secured_gw: Gateway, credentials: str, status: int
+) -> None:
+    samples = scrape(secured_gw)  # /metrics is open here
+    calls = value(samples, "modelgw_inference_lane_calls_total")
+    header = f"Authorization: {credentials}\r\n" if credentials else ""
+    on_lane, via_aiohttp = Client(secured_gw.port), Client(secured_gw.port)
+    try:
+        on_lane.send(post(body=b'{"n": 1}', extra=header))
+        lane_status, lane_headers, lane_body = on_lane.answer()
+        via_aiohttp.send(HEALTH)
+        assert via_aiohttp.answer()[0] == 200
+        via_aiohttp.send(post(body=b'{"n": 1}', extra=header))
+        http_status, http_headers, http_body = via_aiohttp.answer()
+    finally:
+        on_lane.close()
+        via_aiohttp.close()
+    assert value(scrape(secured_gw), "modelgw_inference_lane_calls_total") == calls + 1
+    assert lane_status == http_status == status, (lane_body, http_body)
+    if status == 200:
+        assert lane_body == http_body == b'{"n": 1}'
+    else:
+        assert json.loads(lane_body) == json.loads(http_body)
+        assert json.loads(lane_body)["error"] == "unauthorized"
+        assert lane_headers["www-authenticate"] == http_headers["www-authenticate"]
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
